@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* Kernel-only helpers shared by meshlens probes. */
+#ifndef MESHLENS_BPF_H
+#define MESHLENS_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef IPPROTO_TCP
+#define IPPROTO_TCP 6
+#endif
+#ifndef IPPROTO_UDP
+#define IPPROTO_UDP 17
+#endif
+#define MSG_PEEK_FLAG 2
+
+/* Add to a per-CPU self-metric counter; `stats` is a PERCPU_ARRAY of __u64. */
+static __always_inline void stat_add(void *stats, __u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(stats, &idx);
+
+	if (c)
+		*c += n;
+}
+
+/* Copy a socket's addresses and ports (local first) into 16-byte slots.
+ * IPv4 goes in the first 4 bytes, like bcc's tools do. Ports in host order. */
+static __always_inline void read_sock_tuple(const struct sock *sk, __u16 family, __u8 *laddr,
+					    __u8 *raddr, __u16 *lport, __u16 *rport)
+{
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)raddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	*lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	*rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+static __always_inline __u64 sock_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+/* Ring buffers wake the reader only once this much data waits, so a burst of
+ * events costs one wake-up; the reader also polls on a timer. */
+static __always_inline __u64 ringbuf_flags(void *rb, __u64 wakeup_bytes)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP;
+}
+
+#endif /* MESHLENS_BPF_H */

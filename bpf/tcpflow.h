@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* TCP flow accounting: structs and constants shared by tcpflow.bpf.c and
+ * src/meshlens/probes/tcpflow.py (which checks its mirror against this BTF). */
+#ifndef MESHLENS_TCPFLOW_H
+#define MESHLENS_TCPFLOW_H
+
+#define TCPFLOW_COMM_LEN 16
+
+/* How the socket came to be. */
+enum tcpflow_dir {
+	TCPFLOW_DIR_UNKNOWN = 0, /* established before the agent started */
+	TCPFLOW_DIR_ACTIVE = 1,  /* connect(): the source side */
+	TCPFLOW_DIR_PASSIVE = 2, /* accept(): the destination side */
+};
+
+enum tcpflow_flag {
+	TCPFLOW_F_OPENED = 1,  /* reached ESTABLISHED while we watched */
+	TCPFLOW_F_CLOSING = 2, /* close handler took the counters; late adders give back */
+};
+
+enum tcpflow_event_type {
+	TCPFLOW_EV_CLOSE = 1,   /* final record; the kernel deleted the entry */
+	TCPFLOW_EV_LATE = 2,    /* bytes counted after the close record */
+	TCPFLOW_EV_CONNECT = 3, /* active open finished (trace only) */
+	TCPFLOW_EV_ACCEPT = 4,  /* passive open finished (trace only) */
+};
+
+/* Self-metrics, indexes into the per-CPU tcpflow_stats array. */
+enum tcpflow_stat {
+	TCPFLOW_STAT_FLOWS_FULL = 0,     /* flow not tracked: map full */
+	TCPFLOW_STAT_LISTENERS_FULL = 1, /* listener owner not recorded: map full */
+	TCPFLOW_STAT_EVENTS_LOST = 2,    /* ring buffer full: record dropped */
+	TCPFLOW_STAT_BYTES_LOST = 3,     /* bytes in dropped records */
+	TCPFLOW_STAT_LATE = 4,           /* late records sent */
+	TCPFLOW_STAT_LIVE = 5,           /* inserts minus deletes: live entries */
+	TCPFLOW_STAT_MAX = 6,
+};
+
+/* Value of tcpflow_flows, keyed by the socket's kernel address. Counters are
+ * monotonic while the entry lives; user space never writes or deletes it. */
+struct tcpflow_value {
+	__u64 start_ns;
+	__u64 bytes_sent; /* sum of sendmsg() results: what the application wrote */
+	__u64 bytes_received;
+	__u64 sends;
+	__u64 recvs;
+	__u64 netns;
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 pid;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u16 family;
+	__u8 dir;
+	__u8 flags;
+	__u32 __pad0;
+	char comm[TCPFLOW_COMM_LEN];
+};
+
+/* Ring buffer record: close, late bytes, or (trace mode) an open. */
+struct tcpflow_event {
+	__u64 sk;
+	__u64 start_ns;
+	__u64 end_ns;
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 sends;
+	__u64 recvs;
+	__u64 netns;
+	__u64 cgroup_id;
+	__u64 bytes_acked; /* the kernel's own totals from tcp_sock */
+	__u64 tcp_bytes_received;
+	__u32 segs_out;
+	__u32 segs_in;
+	__u32 total_retrans;
+	__u32 srtt_us;
+	__u32 tgid;
+	__u32 pid;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	char comm[TCPFLOW_COMM_LEN];
+	__u16 lport;
+	__u16 rport;
+	__u16 family;
+	__u8 dir;
+	__u8 flags;
+	__u8 type;
+	__u8 oldstate;
+	__u16 __pad0;
+	__u32 error; /* connect result for TCPFLOW_EV_CONNECT: 0 or the socket error */
+};
+
+/* Key of tcpflow_listeners: who listens on a port in a network namespace. */
+struct tcpflow_listen_key {
+	__u64 netns;
+	__u16 port;
+	__u16 __pad0;
+	__u32 __pad1;
+};
+
+struct tcpflow_owner {
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 pid;
+	char comm[TCPFLOW_COMM_LEN];
+};
+
+#endif /* MESHLENS_TCPFLOW_H */

@@ -1,0 +1,303 @@
+"""From per-socket kernel counters to per-edge totals, without lost or double counts.
+
+The kernel owns every flow entry and deletes it itself, submitting a final record
+first. So an edge's total is, at any refresh:
+
+    (sum of final and late records seen so far) + (sum of current live entries)
+
+as long as (a) the map is read *before* the ring buffer is drained, so an entry
+missing from the read has its record in that drain, (b) an entry whose record
+arrives in the same refresh is counted once, from the record, and (c) a socket is
+bound to one edge for its whole life. Then each total only grows, and nothing is
+kept per socket but the binding. bcc's tcptop instead reads and then clears its
+map, losing whatever the kernel added in between.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+UNKNOWN = "unknown"
+OVERFLOW = "overflow"
+
+
+class Edge(NamedTuple):
+    """Who talks to whom, as Istio's labels see it."""
+
+    reporter: str  # "source": the connecting side's socket; "destination": the accepting side's
+    source_workload: str
+    destination_workload: str
+    destination_service: str
+    protocol: str  # "tcp" | "udp"
+
+
+class Sock(NamedTuple):
+    """What naming needs of one socket (decoded from a flow value or record)."""
+
+    tgid: int
+    comm: str
+    netns: int
+    cgroup_id: int
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    is_server: bool | None  # None: not known from the kernel (flow older than the agent)
+
+
+@dataclass
+class Totals:
+    """Counters for one edge, in Istio's directions: request = source -> destination."""
+
+    request_bytes: int = 0
+    response_bytes: int = 0
+    request_calls: int = 0  # send/recv calls (TCP) or datagrams (UDP) source -> destination
+    response_calls: int = 0
+    opened: int = 0
+    closed: int = 0
+
+    def add(self, other: Totals) -> None:
+        self.request_bytes += other.request_bytes
+        self.response_bytes += other.response_bytes
+        self.request_calls += other.request_calls
+        self.response_calls += other.response_calls
+        self.opened += other.opened
+        self.closed += other.closed
+
+
+def ip_text(family: int, raw: bytes) -> str:
+    if family == 2:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    addr = ipaddress.IPv6Address(bytes(raw[:16]))
+    return str(addr.ipv4_mapped or addr)
+
+
+def service_name(workload: str, ip: str, port: int) -> str:
+    host = workload if workload not in (UNKNOWN, OVERFLOW) else ip
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class Namer:
+    """Names both ends of a socket. The local end from the socket's owner; the
+    remote end from the local socket or listener that holds that address, or the
+    named network namespace that owns the address, else it stays unknown (a peer
+    off this host keeps ip:port as its service)."""
+
+    def __init__(self, identity: Any) -> None:
+        self.identity = identity
+        # (netns or 0, ip, port) -> workload, for local ends of sockets we saw
+        self.endpoints: dict[tuple[int, str, int], str] = {}
+        self.listeners: dict[tuple[int, int], str] = {}  # (netns, port) -> workload
+
+    def local(self, s: Sock) -> str:
+        name: str = self.identity.workload(s.tgid, s.comm, s.netns, s.cgroup_id)
+        if name == UNKNOWN or (not s.tgid and not self.identity.netns_name(s.netns)):
+            owner = self.identity.owner_of(s.laddr)
+            if owner:
+                return str(owner)
+        return name
+
+    def _scope(self, netns: int, ip: str) -> int:
+        return netns if is_loopback(ip) else 0
+
+    def learn(self, s: Sock, workload: str) -> None:
+        self.endpoints[(self._scope(s.netns, s.laddr), s.laddr, s.lport)] = workload
+
+    def set_listeners(self, listeners: dict[tuple[int, int], str]) -> None:
+        self.listeners = listeners
+
+    def remote(self, s: Sock) -> str:
+        hit = self.endpoints.get((self._scope(s.netns, s.raddr), s.raddr, s.rport))
+        if hit:
+            return hit
+        netns = s.netns if is_loopback(s.raddr) else self.identity.addresses().get(s.raddr)
+        if netns is not None:
+            hit = self.listeners.get((netns, s.rport))
+            if hit:
+                return hit
+        owner = self.identity.owner_of(s.raddr)
+        return str(owner) if owner else UNKNOWN
+
+    def is_server(self, s: Sock) -> bool:
+        if s.is_server is not None:
+            return s.is_server
+        if (s.netns, s.lport) in self.listeners:
+            return True
+        return s.lport < s.rport
+
+    def edge(self, s: Sock, protocol: str) -> Edge:
+        local = self.local(s)
+        remote = self.remote(s)
+        if self.is_server(s):
+            return Edge(
+                "destination", remote, local, service_name(local, s.laddr, s.lport), protocol
+            )
+        return Edge("source", local, remote, service_name(remote, s.raddr, s.rport), protocol)
+
+
+@dataclass
+class Flow:
+    """One socket's counters as the kernel reports them (own-socket directions)."""
+
+    sent: int
+    received: int
+    sends: int
+    recvs: int
+
+
+def _totals_for(edge: Edge, f: Flow) -> Totals:
+    # The source's socket sends requests; the destination's sends responses.
+    if edge.reporter == "source":
+        return Totals(f.sent, f.received, f.sends, f.recvs)
+    return Totals(f.received, f.sent, f.recvs, f.sends)
+
+
+@dataclass
+class EdgeTable:
+    """Edges with a cap: past max_series new edges fold into one overflow edge per
+    reporter and protocol, so a flood of peers cannot exhaust memory or the scraper."""
+
+    max_series: int = 10000
+    overflowed: int = 0
+    closed: dict[Edge, Totals] = field(default_factory=dict)
+    live: dict[Edge, Totals] = field(default_factory=dict)
+    _known: set[Edge] = field(default_factory=set)
+
+    def admit(self, edge: Edge) -> Edge:
+        if edge in self._known:
+            return edge
+        if len(self._known) >= self.max_series:
+            self.overflowed += 1
+            return Edge(edge.reporter, OVERFLOW, OVERFLOW, OVERFLOW, edge.protocol)
+        self._known.add(edge)
+        return edge
+
+    def totals(self) -> dict[Edge, Totals]:
+        out: dict[Edge, Totals] = {}
+        for src in (self.closed, self.live):
+            for edge, t in src.items():
+                acc = out.setdefault(edge, Totals())
+                acc.add(t)
+        return out
+
+
+class FlowBook:
+    """Live-plus-closed accounting for one protocol's sockets.
+
+    Callers feed each refresh with `update(live, records)`: `live` is every live
+    entry read from the map (before the drain), `records` what the drain gave.
+    Both are iterables of (socket id, Sock-maker, Flow, opened, closing) with the
+    Sock made lazily, only for sockets not yet bound."""
+
+    def __init__(
+        self,
+        namer: Namer,
+        table: EdgeTable,
+        protocol: str,
+        bind_after: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.namer = namer
+        self.table = table
+        self.protocol = protocol
+        self.bind_after = bind_after
+        self.clock = clock
+        self.bound: dict[Hashable, Edge] = {}
+        self.first_seen: dict[Hashable, float] = {}
+        self.opened: set[Hashable] = set()
+        self.recent: dict[Hashable, tuple[Edge, float]] = {}  # closed sockets, for late bytes
+
+    def _bind(self, sid: Hashable, sock: Sock, force: bool) -> Edge | None:
+        edge = self.bound.get(sid)
+        if edge is not None:
+            return edge
+        now = self.clock()
+        # An accepted socket whose owner the kernel did not know yet (its
+        # listener predates the agent) is named once its reader shows up.
+        if not force and not sock.tgid and not self.namer.identity.netns_name(sock.netns):
+            first = self.first_seen.setdefault(sid, now)
+            if now - first < self.bind_after:
+                return None
+        local = self.namer.local(sock)
+        self.namer.learn(sock, local)
+        edge = self.table.admit(self.namer.edge(sock, self.protocol))
+        self.bound[sid] = edge
+        self.first_seen.pop(sid, None)
+        return edge
+
+    def update(
+        self,
+        live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
+        records: Iterable[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]],
+    ) -> None:
+        """records: (socket id, late key, Sock-maker, Flow, opened, is_final)."""
+        now = self.clock()
+        done: set[Hashable] = set()
+        for sid, late_key, make, flow, opened, final in records:
+            edge = self.bound.get(sid)
+            if edge is None and not final:
+                hit = self.recent.get(late_key)
+                edge = hit[0] if hit else None
+            if edge is None:
+                edge = self._bind(sid, make(), force=True)
+                assert edge is not None
+            t = self.table.closed.setdefault(edge, Totals())
+            t.add(_totals_for(edge, flow))
+            if opened and sid not in self.opened:
+                t.opened += 1
+            if final:
+                t.closed += 1
+                done.add(sid)
+                self.opened.discard(sid)
+                self.bound.pop(sid, None)
+                self.recent[late_key] = (edge, now)
+        live_totals: dict[Edge, Totals] = {}
+        seen: set[Hashable] = set()
+        for sid, make, flow, opened, closing in live:
+            if sid in done or closing:
+                seen.add(sid)  # its record is (or will be) in a drain
+                continue  # counted from its record, or its counters were taken
+            edge = (
+                self._bind(sid, make(), force=False) if sid not in self.bound else self.bound[sid]
+            )
+            if edge is None:
+                continue
+            seen.add(sid)
+            t = live_totals.setdefault(edge, Totals())
+            t.add(_totals_for(edge, flow))
+            if opened and sid not in self.opened:
+                self.opened.add(sid)
+                self.table.closed.setdefault(edge, Totals()).opened += 1
+        self.table.live = _merge_live(self.table.live, live_totals, self.protocol)
+        # Forget bindings of sockets that vanished without a record (lost to a
+        # full ring buffer, counted by the kernel) and old closed sockets.
+        for sid in [s for s in self.bound if s not in seen]:
+            del self.bound[sid]
+            self.opened.discard(sid)
+        for sid in [s for s in self.first_seen if now - self.first_seen[s] > 60]:
+            del self.first_seen[sid]
+        for key in [k for k, (_, t) in self.recent.items() if now - t > 30]:
+            del self.recent[key]
+
+
+def _merge_live(
+    current: dict[Edge, Totals], mine: dict[Edge, Totals], protocol: str
+) -> dict[Edge, Totals]:
+    """Replace this protocol's share of the live totals, keep the others'."""
+    out = {e: t for e, t in current.items() if e.protocol != protocol}
+    out.update(mine)
+    return out

@@ -1,0 +1,333 @@
+"""The agent: loads the probes, drains their ring buffers, and turns kernel
+counters into per-edge totals on demand (a scrape costs one batch read per map)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _libbpf as libbpf
+from .accounting import EdgeTable, Flow, FlowBook, Namer, Sock, ip_text
+from .identity import IdentityResolver
+from .probes import tcpflow, udpflow
+from .probes.base import Probe, ProbeStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    max_tcp_flows: int = 65536
+    max_udp_flows: int = 65536
+    udp_idle_seconds: float = 30.0
+    max_series: int = 10000
+    min_refresh_interval: float = 1.0
+    strict: bool = False
+    bpf_stats: bool = True
+    probes: tuple[str, ...] = ("tcpflow", "udpflow")
+
+
+@dataclass
+class SelfStats:
+    refreshes: int = 0
+    refresh_seconds: float = 0.0
+    records: dict[str, int] = field(default_factory=dict)
+    decode_errors: int = 0
+
+
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class Agent:
+    def __init__(
+        self, config: AgentConfig | None = None, identity: IdentityResolver | None = None
+    ) -> None:
+        self.config = config or AgentConfig()
+        self.identity = identity or IdentityResolver()
+        self.namer = Namer(self.identity)
+        self.table = EdgeTable(max_series=self.config.max_series)
+        self.tcp_book = FlowBook(self.namer, self.table, "tcp")
+        self.udp_book = FlowBook(self.namer, self.table, "udp")
+        self.tcp: tcpflow.TcpFlowProbe | None = None
+        self.udp: udpflow.UdpFlowProbe | None = None
+        self.probes: list[Probe] = []
+        self.statuses: list[ProbeStatus] = []
+        self.rings = libbpf.RingBuffers()
+        self._pending: dict[str, list[bytes]] = {"tcpflow": [], "udpflow": []}
+        self._lock = threading.Lock()  # one refresh at a time; guards the books
+        self._ring_lock = threading.Lock()  # libbpf's ring_buffer has one consumer
+        self._last_refresh = 0.0
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._stats_fd: int | None = None
+        self.self_stats = SelfStats()
+        self.started_at = 0.0
+        self.startup_seconds = 0.0
+        # Per-refresh snapshot of live flows, for `top`.
+        self.last_tcp: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_udp: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_records: dict[str, list[bytes]] = {}
+        self.on_tcp_event: Callable[[np.ndarray], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> list[ProbeStatus]:
+        """Load and attach every probe; a probe that fails is reported and the
+        rest run on, unless strict."""
+        t0 = time.monotonic()
+        if self.config.bpf_stats:
+            self._stats_fd = libbpf.enable_run_time_stats()
+        wanted: list[Probe] = []
+        if "tcpflow" in self.config.probes:
+            self.tcp = tcpflow.TcpFlowProbe(max_flows=self.config.max_tcp_flows)
+            wanted.append(self.tcp)
+        if "udpflow" in self.config.probes:
+            self.udp = udpflow.UdpFlowProbe(
+                max_flows=self.config.max_udp_flows, idle_seconds=self.config.udp_idle_seconds
+            )
+            wanted.append(self.udp)
+        for probe in wanted:
+            try:
+                probe.start()
+            except Exception as exc:
+                log.error("probe %s failed: %s", probe.name, exc)
+                self.statuses.append(probe.status)
+                if self.config.strict:
+                    self.stop()
+                    raise
+                if probe is self.tcp:
+                    self.tcp = None
+                if probe is self.udp:
+                    self.udp = None
+                continue
+            self.probes.append(probe)
+            self.statuses.append(probe.status)
+        if self.tcp:
+            self.rings.add(self.tcp.map(tcpflow.EVENTS_MAP), self._pending["tcpflow"].append)
+        if self.udp:
+            self.rings.add(self.udp.map(udpflow.EVENTS_MAP), self._pending["udpflow"].append)
+        self.started_at = time.time()
+        self.startup_seconds = time.monotonic() - t0
+        self._poller = threading.Thread(target=self._poll_loop, name="ringbuf", daemon=True)
+        self._poller.start()
+        return self.statuses
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller:
+            self._poller.join(timeout=2)
+            self._poller = None
+        with self._ring_lock:
+            self.rings.free()
+        for probe in self.probes:
+            probe.close()
+        self.probes.clear()
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
+
+    def _poll_loop(self) -> None:
+        # Wait on the epoll fd without holding the lock, then drain under it, so
+        # a refresh never waits for a poll timeout.
+        fd = self.rings.epoll_fd()
+        while not self._stop.is_set() and fd >= 0:
+            try:
+                select.select([fd], [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            # Drain on wake-up and on the timer too: the kernel skips wake-ups
+            # until a batch has built up.
+            with self._ring_lock:
+                if self._stop.is_set():
+                    return
+                self.rings.consume()
+            if self.on_tcp_event is not None:
+                self._deliver_trace()
+
+    def _deliver_trace(self) -> None:
+        with self._ring_lock:
+            recs, self._pending["tcpflow"][:] = list(self._pending["tcpflow"]), []
+        if recs and self.on_tcp_event is not None:
+            self.on_tcp_event(tcpflow.decode_events(recs))
+
+    # -- refresh ---------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> bool:
+        """Read the maps, then drain the ring buffers, then account. Rate-limited
+        so concurrent scrapes share one read."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last_refresh < self.config.min_refresh_interval:
+                return False
+            t0 = time.perf_counter()
+            tcp_live = self.tcp.read_flows() if self.tcp else None
+            udp_live = self.udp.read_flows() if self.udp else None
+            if self.tcp:
+                self.namer.set_listeners(self._listeners())
+            with self._ring_lock:
+                self.rings.consume()  # after the reads: see accounting.py
+                tcp_recs = self._take("tcpflow")
+                udp_recs = self._take("udpflow")
+            self.last_records = {"tcpflow": tcp_recs, "udpflow": udp_recs}
+            if self.tcp and tcp_live is not None:
+                self.last_tcp = tcp_live
+                self.tcp_book.update(_tcp_live(*tcp_live), _tcp_records(tcp_recs))
+            if self.udp and udp_live is not None:
+                self.last_udp = udp_live
+                self.udp_book.update(_udp_live(*udp_live), _udp_records(udp_recs))
+            self._last_refresh = time.monotonic()
+            self.self_stats.refreshes += 1
+            self.self_stats.refresh_seconds += time.perf_counter() - t0
+            return True
+
+    def _take(self, probe: str) -> list[bytes]:
+        recs = self._pending[probe]
+        out = list(recs)
+        recs.clear()
+        self.self_stats.records[probe] = self.self_stats.records.get(probe, 0) + len(out)
+        return out
+
+    def _listeners(self) -> dict[tuple[int, int], str]:
+        assert self.tcp
+        out = {}
+        for lst in self.tcp.read_listeners():
+            out[(lst.netns, lst.port)] = self.identity.workload(
+                lst.tgid, lst.comm, lst.netns, lst.cgroup_id
+            )
+        return out
+
+
+# -- decoding kernel rows into accounting inputs ---------------------------
+
+
+def _tcp_sock(v: np.void) -> Sock:
+    d = int(v["dir"])
+    fam = int(v["family"])
+    return Sock(
+        tgid=int(v["tgid"]),
+        comm=_comm(bytes(v["comm"])),
+        netns=int(v["netns"]),
+        cgroup_id=int(v["cgroup_id"]),
+        family=fam,
+        laddr=ip_text(fam, bytes(v["laddr"])),
+        lport=int(v["lport"]),
+        raddr=ip_text(fam, bytes(v["raddr"])),
+        rport=int(v["rport"]),
+        is_server=None if d == tcpflow.Dir.UNKNOWN else d == tcpflow.Dir.PASSIVE,
+    )
+
+
+def _tcp_live(
+    keys: np.ndarray, vals: np.ndarray
+) -> Iterator[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]:
+    cols = [
+        vals[c].tolist()
+        for c in ("start_ns", "bytes_sent", "bytes_received", "sends", "recvs", "flags")
+    ]
+    for i, (sk, start, bs, br, ns, nr, flags) in enumerate(zip(keys.tolist(), *cols, strict=True)):
+        yield (
+            (sk, start),
+            (lambda i=i: _tcp_sock(vals[i])),
+            Flow(bs, br, ns, nr),
+            bool(flags & tcpflow.Flag.OPENED),
+            bool(flags & tcpflow.Flag.CLOSING),
+        )
+
+
+def _tcp_records(
+    recs: list[bytes],
+) -> Iterator[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]]:
+    if not recs:
+        return
+    ev = tcpflow.decode_events(recs)
+    for i in range(len(ev)):
+        e = ev[i]
+        typ = int(e["type"])
+        if typ not in (tcpflow.EventType.CLOSE, tcpflow.EventType.LATE):
+            continue
+        sk = int(e["sk"])
+        yield (
+            (sk, int(e["start_ns"])),
+            sk,
+            (lambda e=e: _tcp_sock(e)),
+            Flow(int(e["bytes_sent"]), int(e["bytes_received"]), int(e["sends"]), int(e["recvs"])),
+            bool(int(e["flags"]) & tcpflow.Flag.OPENED),
+            typ == tcpflow.EventType.CLOSE,
+        )
+
+
+def _udp_sock(k: np.void, v: np.void) -> Sock:
+    fam = int(k["family"])
+    return Sock(
+        tgid=int(v["tgid"]),
+        comm=_comm(bytes(v["comm"])),
+        netns=int(v["netns"]),
+        cgroup_id=int(v["cgroup_id"]),
+        family=fam,
+        laddr=ip_text(fam, bytes(k["laddr"])),
+        lport=int(k["lport"]),
+        raddr=ip_text(fam, bytes(k["raddr"])),
+        rport=int(k["rport"]),
+        is_server=int(v["dir"]) == udpflow.Dir.DESTINATION,
+    )
+
+
+def _udp_id(k: np.void) -> tuple[int, bytes, bytes, int, int]:
+    return (
+        int(k["cookie"]),
+        bytes(k["laddr"]),
+        bytes(k["raddr"]),
+        int(k["lport"]),
+        int(k["rport"]),
+    )
+
+
+def _udp_live(
+    keys: np.ndarray, vals: np.ndarray
+) -> Iterator[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]:
+    for i in range(len(keys)):
+        k, v = keys[i], vals[i]
+        yield (
+            (*_udp_id(k), int(v["start_ns"])),
+            (lambda k=k, v=v: _udp_sock(k, v)),
+            Flow(
+                int(v["bytes_sent"]),
+                int(v["bytes_received"]),
+                int(v["datagrams_sent"]),
+                int(v["datagrams_received"]),
+            ),
+            False,
+            bool(v["closing"]),
+        )
+
+
+def _udp_records(
+    recs: list[bytes],
+) -> Iterator[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]]:
+    if not recs:
+        return
+    ev = udpflow.decode_events(recs)
+    for i in range(len(ev)):
+        e = ev[i]
+        uid = _udp_id(e)
+        yield (
+            (*uid, int(e["start_ns"])),
+            uid,
+            (lambda e=e: _udp_sock(e, e)),
+            Flow(
+                int(e["bytes_sent"]),
+                int(e["bytes_received"]),
+                int(e["datagrams_sent"]),
+                int(e["datagrams_received"]),
+            ),
+            False,
+            int(e["type"]) == udpflow.EventType.EXPIRE,
+        )

@@ -1,0 +1,209 @@
+"""`meshlens` command line: run, top, trace, check."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"meshlens: error: {message} (see --help)\n")
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT or :PORT (all interfaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"--listen wants HOST:PORT with a port 1-65535, got {text!r}"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise argparse.ArgumentTypeError(
+                    f"--listen wants an IP address (or localhost), got {host!r}"
+                ) from None
+    return host or "0.0.0.0", int(port)
+
+
+def positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="meshlens", description="Service-to-service observability with eBPF.")
+    p.add_argument("--version", action="version", version=f"meshlens {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the agent and serve Prometheus metrics")
+    run.add_argument(
+        "--listen", type=listen_address, default=("127.0.0.1", 9464), metavar="HOST:PORT"
+    )
+    run.add_argument(
+        "--interval", type=positive(float), default=5.0, help="summary every N seconds"
+    )
+    run.add_argument("--quiet", action="store_true", help="no live summary")
+    run.add_argument("--strict", action="store_true", help="exit if any probe fails to load")
+    run.add_argument(
+        "--max-flows", type=positive(int), default=65536, help="kernel flow table size"
+    )
+    run.add_argument(
+        "--max-series", type=positive(int), default=10000, help="series cap per metric"
+    )
+    run.add_argument(
+        "--udp-idle", type=positive(float), default=30.0, help="UDP flow idle expiry (s)"
+    )
+    run.add_argument("--no-bpf-stats", action="store_true", help="do not enable BPF run-time stats")
+
+    top = sub.add_parser("top", help="live per-flow table, like tcptop")
+    top.add_argument("interval", nargs="?", type=positive(float), default=1.0)
+    top.add_argument("count", nargs="?", type=positive(int), default=None)
+    top.add_argument("-C", "--noclear", action="store_true", help="don't clear the screen")
+    top.add_argument("-n", "--rows", type=positive(int), default=20, help="rows to show")
+    top.add_argument("--json", action="store_true", help="one JSON object per interval")
+
+    trace = sub.add_parser("trace", help="stream events (bcc columns)")
+    trace.add_argument("tool", choices=["tcplife", "tcpconnect", "tcpaccept"])
+    trace.add_argument("--json", action="store_true", help="one JSON object per line")
+    trace.add_argument(
+        "-d", "--duration", type=positive(float), default=None, help="stop after N s"
+    )
+    trace.add_argument("-t", "--timestamp", action="store_true", help="include a time column")
+
+    chk = sub.add_parser("check", help="which hooks and features work on this kernel")
+    chk.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        from .check import run_check
+
+        return run_check(json_out=args.json)
+    err = _preflight()
+    if err:
+        print(f"meshlens: {err}", file=sys.stderr)
+        return 1
+    if args.command == "run":
+        return _run(args)
+    if args.command == "top":
+        from .top import run_top
+
+        return run_top(args)
+    from .trace import run_trace
+
+    return run_trace(args)
+
+
+def _preflight() -> str | None:
+    from .system import btf_available, ensure_mounted, missing_capabilities
+
+    missing = missing_capabilities()
+    if missing:
+        return "missing capability " + ", ".join(missing) + "; run as root"
+    if not btf_available():
+        return (
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); "
+            "meshlens needs CONFIG_DEBUG_INFO_BTF=y"
+        )
+    ensure_mounted()
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from .agent import Agent, AgentConfig
+    from .exporter import AgentCollector
+    from .summary import summary_lines
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cfg = AgentConfig(
+        max_tcp_flows=args.max_flows,
+        max_udp_flows=args.max_flows,
+        udp_idle_seconds=args.udp_idle,
+        max_series=args.max_series,
+        strict=args.strict,
+        bpf_stats=not args.no_bpf_stats,
+    )
+    agent = Agent(cfg)
+    try:
+        statuses = agent.start()
+    except Exception as exc:
+        print(f"meshlens: a probe failed to load (--strict): {exc}", file=sys.stderr)
+        return 1
+    try:
+        for st in statuses:
+            if not st.loaded:
+                print(f"meshlens: probe {st.name} not loaded: {st.error}", file=sys.stderr)
+        if not agent.probes:
+            print("meshlens: no probe could be loaded", file=sys.stderr)
+            return 1
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(AgentCollector(agent))
+        host, port = args.listen
+        try:
+            start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            print(f"meshlens: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+            return 1
+        shown = f"[{host}]" if ":" in host else host
+        names = ", ".join(p.name for p in agent.probes)
+        print(
+            f"meshlens {__version__}: serving http://{shown}:{port}/metrics "
+            f"(probes: {names}; attached in {agent.startup_seconds:.2f} s). Ctrl-C stops.",
+            flush=True,
+        )
+        last = None
+        while not stop.wait(args.interval):
+            agent.refresh()
+            if not args.quiet:
+                totals = agent.table.totals()
+                for line in summary_lines(totals, last, args.interval):
+                    print(line, flush=True)
+                last = totals
+    finally:
+        agent.stop()
+    print("meshlens: stopped; all programs detached.", flush=True)
+    return 0
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def entrypoint() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""What every probe shares: find its object, check the struct mirrors against the
+object's BTF, set read-only globals, load, attach, report health, detach."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import _libbpf as libbpf
+from ..btf import Btf
+from ..layout import Layout
+
+log = logging.getLogger(__name__)
+
+CGROUP2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def objects_dir() -> Path:
+    env = os.environ.get("MESHLENS_BPF_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "bpf_objects"
+
+
+def cgroup2_root() -> str:
+    """The mount point of the cgroup v2 hierarchy (hybrid hosts: .../unified)."""
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split() for line in f]
+    for root in CGROUP2_ROOTS:
+        if any(m[1] == root and m[2] == "cgroup2" for m in mounts if len(m) > 2):
+            return root
+    raise FileNotFoundError("no cgroup v2 hierarchy is mounted")
+
+
+@dataclass
+class ProbeStatus:
+    name: str
+    loaded: bool = False
+    error: str = ""
+    attached: list[str] = field(default_factory=list)
+    load_seconds: float = 0.0
+
+
+class Probe:
+    """Base class; subclasses set `name` and `layouts`, and override configure()."""
+
+    name = ""
+    layouts: Sequence[Layout] = ()
+
+    def __init__(self) -> None:
+        self.obj: libbpf.BpfObject | None = None
+        self.btf: Btf | None = None
+        self.status = ProbeStatus(self.name)
+
+    @property
+    def path(self) -> Path:
+        return objects_dir() / f"{self.name}.bpf.o"
+
+    def open(self) -> libbpf.BpfObject:
+        path = self.path
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `make build`")
+        self.btf = Btf.from_file(path)
+        for lay in self.layouts:
+            lay.check(self.btf)  # a drifted mirror must fail here, not decode garbage
+        self.obj = libbpf.BpfObject(str(path))
+        return self.obj
+
+    def set_global(self, name: str, value: int) -> None:
+        """Set a `const volatile` global before load."""
+        assert self.obj and self.btf
+        offset, size = self.btf.datasec(".rodata")[name]
+        self.obj.write_rodata(offset, value.to_bytes(size, "little", signed=value < 0))
+
+    def configure(self) -> None:
+        """Set globals and map sizes between open and load."""
+
+    def attach(self) -> None:
+        assert self.obj
+        for prog in self.obj.programs.values():
+            self.obj.links.append(prog.attach())
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self.open()
+            self.configure()
+            assert self.obj
+            self.obj.load()
+            self.attach()
+        except Exception as exc:
+            self.close()
+            self.status.error = str(exc)
+            raise
+        self.status.loaded = True
+        self.status.attached = [link.target for link in self.obj.links]
+        self.status.load_seconds = time.monotonic() - t0
+
+    def map(self, name: str) -> libbpf.Map:
+        assert self.obj, f"{self.name} is not loaded"
+        return self.obj.maps[name]
+
+    def program_stats(self) -> dict[str, libbpf.ProgStats]:
+        if not self.obj:
+            return {}
+        return {name: p.stats() for name, p in self.obj.programs.items()}
+
+    def close(self) -> None:
+        if self.obj:
+            self.obj.close()
+            self.obj = None
+        self.status.loaded = False
+
+
+class CgroupProbe(Probe):
+    """A probe whose programs attach to the cgroup-v2 root (cgroup_skb, sock_ops)."""
+
+    def attach(self) -> None:
+        assert self.obj
+        root = cgroup2_root()
+        for prog in self.obj.programs.values():
+            self.obj.links.append(prog.attach_cgroup(root))

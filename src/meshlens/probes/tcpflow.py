@@ -1,0 +1,170 @@
+"""TCP flow accounting (bpf/tcpflow.bpf.c): per-socket bytes and calls from the
+sock_send_length/sock_recv_length raw tracepoints, lifecycle from
+inet_sock_set_state, final records through a ring buffer. See docs/tcpflow.md."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..layout import Layout, layout
+from .base import Probe
+
+FLOWS_MAP = "tcpflow_flows"
+LISTENERS_MAP = "tcpflow_listeners"
+EVENTS_MAP = "tcpflow_events"
+STATS_MAP = "tcpflow_stats"
+
+
+class Dir(enum.IntEnum):
+    UNKNOWN = 0
+    ACTIVE = 1
+    PASSIVE = 2
+
+
+class Flag(enum.IntFlag):
+    OPENED = 1
+    CLOSING = 2
+
+
+class EventType(enum.IntEnum):
+    CLOSE = 1
+    LATE = 2
+    CONNECT = 3
+    ACCEPT = 4
+
+
+class Stat(enum.IntEnum):
+    FLOWS_FULL = 0
+    LISTENERS_FULL = 1
+    EVENTS_LOST = 2
+    BYTES_LOST = 3
+    LATE = 4
+    LIVE = 5
+
+
+VALUE = layout(
+    "tcpflow_value",
+    ("start_ns", "u64"),
+    ("bytes_sent", "u64"),
+    ("bytes_received", "u64"),
+    ("sends", "u64"),
+    ("recvs", "u64"),
+    ("netns", "u64"),
+    ("cgroup_id", "u64"),
+    ("tgid", "u32"),
+    ("pid", "u32"),
+    ("laddr", "u8[16]"),
+    ("raddr", "u8[16]"),
+    ("lport", "u16"),
+    ("rport", "u16"),
+    ("family", "u16"),
+    ("dir", "u8"),
+    ("flags", "u8"),
+    ("__pad0", "u32"),
+    ("comm", "char[16]"),
+)
+
+EVENT = layout(
+    "tcpflow_event",
+    ("sk", "u64"),
+    ("start_ns", "u64"),
+    ("end_ns", "u64"),
+    ("bytes_sent", "u64"),
+    ("bytes_received", "u64"),
+    ("sends", "u64"),
+    ("recvs", "u64"),
+    ("netns", "u64"),
+    ("cgroup_id", "u64"),
+    ("bytes_acked", "u64"),
+    ("tcp_bytes_received", "u64"),
+    ("segs_out", "u32"),
+    ("segs_in", "u32"),
+    ("total_retrans", "u32"),
+    ("srtt_us", "u32"),
+    ("tgid", "u32"),
+    ("pid", "u32"),
+    ("laddr", "u8[16]"),
+    ("raddr", "u8[16]"),
+    ("comm", "char[16]"),
+    ("lport", "u16"),
+    ("rport", "u16"),
+    ("family", "u16"),
+    ("dir", "u8"),
+    ("flags", "u8"),
+    ("type", "u8"),
+    ("oldstate", "u8"),
+    ("__pad0", "u16"),
+    ("error", "u32"),
+)
+
+LISTEN_KEY = layout(
+    "tcpflow_listen_key", ("netns", "u64"), ("port", "u16"), ("__pad0", "u16"), ("__pad1", "u32")
+)
+
+OWNER = layout(
+    "tcpflow_owner", ("cgroup_id", "u64"), ("tgid", "u32"), ("pid", "u32"), ("comm", "char[16]")
+)
+
+KEY_DTYPE = np.dtype("<u8")
+
+
+@dataclass
+class Listener:
+    netns: int
+    port: int
+    tgid: int
+    comm: str
+    cgroup_id: int
+
+
+class TcpFlowProbe(Probe):
+    name = "tcpflow"
+    layouts: tuple[Layout, ...] = (VALUE, EVENT, LISTEN_KEY, OWNER)
+
+    def __init__(
+        self, max_flows: int = 65536, ringbuf_bytes: int = 8 << 20, trace_opens: bool = False
+    ) -> None:
+        super().__init__()
+        self.max_flows = max_flows
+        self.ringbuf_bytes = ringbuf_bytes
+        self.trace_opens = trace_opens
+
+    def configure(self) -> None:
+        assert self.obj
+        self.obj.maps[FLOWS_MAP].set_max_entries(self.max_flows)
+        self.obj.maps[EVENTS_MAP].set_max_entries(self.ringbuf_bytes)
+        self.set_global("emit_opens", int(self.trace_opens))
+        # Trace mode wants each event now; the agent wants few wake-ups.
+        self.set_global("wakeup_bytes", 0 if self.trace_opens else self.ringbuf_bytes // 8)
+
+    def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
+        """All live flows as (socket keys, values) arrays, in one batch read."""
+        keys, vals, n = self.map(FLOWS_MAP).lookup_batch()
+        return (np.frombuffer(keys, KEY_DTYPE, n), VALUE.decode_many(vals, n))
+
+    def read_listeners(self) -> list[Listener]:
+        keys, vals, n = self.map(LISTENERS_MAP).lookup_batch()
+        ks = LISTEN_KEY.decode_many(keys, n)
+        vs = OWNER.decode_many(vals, n)
+        return [
+            Listener(
+                int(k["netns"]),
+                int(k["port"]),
+                int(v["tgid"]),
+                bytes(v["comm"]).split(b"\0")[0].decode(errors="replace"),
+                int(v["cgroup_id"]),
+            )
+            for k, v in zip(ks, vs, strict=True)
+        ]
+
+    def stats(self) -> dict[Stat, int]:
+        sums = self.map(STATS_MAP).percpu_sums()
+        return {s: sums[s] for s in Stat}
+
+
+def decode_events(records: list[bytes]) -> np.ndarray:
+    """Ring buffer records (all the same struct) to one structured array."""
+    return EVENT.decode_many(b"".join(records), len(records))

@@ -1,0 +1,66 @@
+"""Host prerequisites: privileges, BTF, and the pseudo file systems BPF needs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+# Capability bits (linux/capability.h).
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+_NEEDED = (
+    (CAP_BPF, "CAP_BPF", "load BPF programs and maps"),
+    (CAP_PERFMON, "CAP_PERFMON", "attach to tracepoints and read kernel memory"),
+    (CAP_NET_ADMIN, "CAP_NET_ADMIN", "attach cgroup socket programs"),
+)
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+
+def effective_caps(proc_root: str = "/proc") -> int:
+    try:
+        for line in Path(proc_root, "self", "status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def missing_capabilities(caps: int | None = None) -> list[str]:
+    """Names of the capabilities the agent needs and lacks, with what each is for.
+    CAP_SYS_ADMIN covers all of them on kernels before 5.8."""
+    caps = effective_caps() if caps is None else caps
+    if caps & (1 << CAP_SYS_ADMIN):
+        return []
+    return [f"{name} (to {why})" for bit, name, why in _NEEDED if not caps & (1 << bit)]
+
+
+def btf_available(path: str = BTF_PATH) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _mounted(point: str, fstype: str, mounts: str = "/proc/self/mounts") -> bool:
+    try:
+        with open(mounts) as f:
+            return any(
+                parts[1] == point and parts[2] == fstype for parts in (line.split() for line in f)
+            )
+    except OSError:
+        return False
+
+
+def ensure_mounted() -> list[str]:
+    """Mount bpffs and tracefs where missing; returns what was mounted."""
+    done = []
+    for point, fstype in (("/sys/fs/bpf", "bpf"), ("/sys/kernel/tracing", "tracefs")):
+        if _mounted(point, fstype) or not os.path.isdir(point):
+            continue
+        r = subprocess.run(["mount", "-t", fstype, fstype, point], capture_output=True, check=False)
+        if r.returncode == 0:
+            done.append(point)
+    return done

@@ -1,0 +1,135 @@
+"""`meshlens trace tcplife|tcpconnect|tcpaccept`: event streams with bcc's columns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from . import _libbpf as libbpf
+from .accounting import ip_text
+from .probes import tcpflow
+
+# bcc prints these columns; widths follow bcc's for IPv4.
+HEADERS = {
+    "tcplife": "{:<7} {:<12} {:<15} {:<5} {:<15} {:<5} {:>6} {:>6} {:>8}".format(
+        "PID", "COMM", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS"
+    ),
+    "tcpconnect": "{:<7} {:<12} {:<2} {:<16} {:<16} {:<5} {}".format(
+        "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT", "RESULT"
+    ),
+    "tcpaccept": "{:<7} {:<12} {:<2} {:<16} {:<5} {:<16} {:<5}".format(
+        "PID", "COMM", "IP", "RADDR", "RPORT", "LADDR", "LPORT"
+    ),
+}
+
+
+def event_fields(e: np.void) -> dict[str, Any]:
+    fam = int(e["family"])
+    return {
+        "pid": int(e["tgid"]),
+        "comm": bytes(e["comm"]).split(b"\0", 1)[0].decode(errors="replace"),
+        "ip": 4 if fam == 2 else 6,
+        "laddr": ip_text(fam, bytes(e["laddr"])),
+        "lport": int(e["lport"]),
+        "raddr": ip_text(fam, bytes(e["raddr"])),
+        "rport": int(e["rport"]),
+        "netns": int(e["netns"]),
+    }
+
+
+def format_event(tool: str, e: np.void) -> dict[str, Any] | None:
+    """The event as a dict for --json, or None if the tool doesn't show it."""
+    typ = int(e["type"])
+    f = event_fields(e)
+    if tool == "tcplife" and typ == tcpflow.EventType.CLOSE:
+        start = int(e["start_ns"])
+        f.update(
+            tx_bytes=int(e["bytes_acked"]),
+            rx_bytes=int(e["tcp_bytes_received"]),
+            ms=(int(e["end_ns"]) - start) / 1e6 if start else None,
+            app_tx_bytes=int(e["bytes_sent"]),
+            app_rx_bytes=int(e["bytes_received"]),
+            retrans=int(e["total_retrans"]),
+            srtt_us=int(e["srtt_us"]),
+        )
+        return f
+    if tool == "tcpconnect" and typ == tcpflow.EventType.CONNECT:
+        f["error"] = int(e["error"])
+        return f
+    if tool == "tcpaccept" and typ == tcpflow.EventType.ACCEPT:
+        return f
+    return None
+
+
+def render(tool: str, f: dict[str, Any]) -> str:
+    pid = str(f["pid"]) if f["pid"] else "-"
+    comm = f["comm"] or "-"
+    if tool == "tcplife":
+        ms = f"{f['ms']:.2f}" if f["ms"] is not None else "-"
+        return "{:<7} {:<12.12} {:<15} {:<5} {:<15} {:<5} {:>6} {:>6} {:>8}".format(
+            pid, comm, f["laddr"], f["lport"], f["raddr"], f["rport"],
+            f["tx_bytes"] // 1024, f["rx_bytes"] // 1024, ms,
+        )  # fmt: skip
+    if tool == "tcpconnect":
+        import os
+
+        result = "ok" if not f["error"] else os.strerror(f["error"])
+        return "{:<7} {:<12.12} {:<2} {:<16} {:<16} {:<5} {}".format(
+            pid, comm, f["ip"], f["laddr"], f["raddr"], f["rport"], result
+        )
+    return "{:<7} {:<12.12} {:<2} {:<16} {:<5} {:<16} {:<5}".format(
+        pid, comm, f["ip"], f["raddr"], f["rport"], f["laddr"], f["lport"]
+    )
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    probe = tcpflow.TcpFlowProbe(trace_opens=args.tool != "tcplife")
+    try:
+        probe.start()
+    except Exception as exc:
+        print(f"meshlens: cannot load tcpflow: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pending: list[bytes] = []
+    rings = libbpf.RingBuffers()
+    rings.add(probe.map(tcpflow.EVENTS_MAP), pending.append)
+    out = sys.stdout
+    if not args.json:
+        head = HEADERS[args.tool]
+        out.write(("TIME     " + head if args.timestamp else head) + "\n")
+        out.flush()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            rings.poll(100)
+            if not pending:
+                continue
+            events = tcpflow.decode_events(pending)
+            pending.clear()
+            for i in range(len(events)):
+                f = format_event(args.tool, events[i])
+                if f is None:
+                    continue
+                if args.json:
+                    out.write(json.dumps({"time": time.time(), **f}) + "\n")
+                else:
+                    line = render(args.tool, f)
+                    out.write(
+                        (time.strftime("%H:%M:%S ") + line if args.timestamp else line) + "\n"
+                    )
+            out.flush()
+    except BrokenPipeError:
+        pass
+    finally:
+        rings.free()
+        probe.close()
+    return 0
