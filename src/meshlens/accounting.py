@@ -198,10 +198,9 @@ class EdgeTable:
 class FlowBook:
     """Live-plus-closed accounting for one protocol's sockets.
 
-    Callers feed each refresh with `update(live, records)`: `live` is every live
-    entry read from the map (before the drain), `records` what the drain gave.
-    Both are iterables of (socket id, Sock-maker, Flow, opened, closing) with the
-    Sock made lazily, only for sockets not yet bound."""
+    Each refresh calls `update(live, records)`: `live` is every entry read from the
+    map (before the drain), `records` what the drain gave. Sockets are made lazily
+    (Sock-makers), only for sockets not yet bound to an edge."""
 
     def __init__(
         self,
@@ -216,15 +215,15 @@ class FlowBook:
         self.protocol = protocol
         self.bind_after = bind_after
         self.clock = clock
-        self.bound: dict[Hashable, Edge] = {}
+        # socket id -> [edge, last flow counted live]; the last flow stands in
+        # for an entry whose counters the kernel is taking for its record
+        self.bound: dict[Hashable, list[Any]] = {}
         self.first_seen: dict[Hashable, float] = {}
         self.opened: set[Hashable] = set()
         self.recent: dict[Hashable, tuple[Edge, float]] = {}  # closed sockets, for late bytes
+        self.vanished = 0  # bound sockets gone without a record (record lost, counted by the kernel)
 
     def _bind(self, sid: Hashable, sock: Sock, force: bool) -> Edge | None:
-        edge = self.bound.get(sid)
-        if edge is not None:
-            return edge
         now = self.clock()
         # An accepted socket whose owner the kernel did not know yet (its
         # listener predates the agent) is named once its reader shows up.
@@ -235,7 +234,6 @@ class FlowBook:
         local = self.namer.local(sock)
         self.namer.learn(sock, local)
         edge = self.table.admit(self.namer.edge(sock, self.protocol))
-        self.bound[sid] = edge
         self.first_seen.pop(sid, None)
         return edge
 
@@ -244,50 +242,72 @@ class FlowBook:
         live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
         records: Iterable[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]],
     ) -> None:
-        """records: (socket id, late key, Sock-maker, Flow, opened, is_final)."""
+        """live: (socket id, Sock-maker, Flow, opened, closing);
+        records: (socket id, late key, Sock-maker, Flow, opened, is_final)."""
         now = self.clock()
-        done: set[Hashable] = set()
+        closed = self.table.closed
+        reported: set[Hashable] = set()  # sockets with a record in this drain
         for sid, late_key, make, flow, opened, final in records:
-            edge = self.bound.get(sid)
+            entry = self.bound.get(sid)
+            edge = entry[0] if entry else None
             if edge is None and not final:
                 hit = self.recent.get(late_key)
                 edge = hit[0] if hit else None
             if edge is None:
                 edge = self._bind(sid, make(), force=True)
                 assert edge is not None
-            t = self.table.closed.setdefault(edge, Totals())
+            t = closed.setdefault(edge, Totals())
             t.add(_totals_for(edge, flow))
+            reported.add(sid)
             if opened and sid not in self.opened:
                 t.opened += 1
+                self.opened.add(sid)
             if final:
                 t.closed += 1
-                done.add(sid)
                 self.opened.discard(sid)
                 self.bound.pop(sid, None)
                 self.recent[late_key] = (edge, now)
-        live_totals: dict[Edge, Totals] = {}
+            elif entry is not None:
+                entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
+        live_sums: dict[Edge, list[int]] = {}  # own-socket directions, oriented below
         seen: set[Hashable] = set()
         for sid, make, flow, opened, closing in live:
-            if sid in done or closing:
-                seen.add(sid)  # its record is (or will be) in a drain
-                continue  # counted from its record, or its counters were taken
-            edge = (
-                self._bind(sid, make(), force=False) if sid not in self.bound else self.bound[sid]
-            )
-            if edge is None:
-                continue
+            entry = self.bound.get(sid)
+            if entry is None:
+                if sid in reported or closing:
+                    continue  # counted from its record (now or in a later drain)
+                edge = self._bind(sid, make(), force=False)
+                if edge is None:
+                    continue
+                entry = self.bound[sid] = [edge, flow]
+            elif closing:
+                # The kernel is taking the counters for a record this drain did
+                # not bring yet: keep counting what we last saw, so no dip.
+                flow = entry[1]
+            else:
+                entry[1] = flow
             seen.add(sid)
-            t = live_totals.setdefault(edge, Totals())
-            t.add(_totals_for(edge, flow))
+            edge = entry[0]
+            acc = live_sums.get(edge)
+            if acc is None:
+                live_sums[edge] = [flow.sent, flow.received, flow.sends, flow.recvs]
+            else:
+                acc[0] += flow.sent
+                acc[1] += flow.received
+                acc[2] += flow.sends
+                acc[3] += flow.recvs
             if opened and sid not in self.opened:
                 self.opened.add(sid)
-                self.table.closed.setdefault(edge, Totals()).opened += 1
+                closed.setdefault(edge, Totals()).opened += 1
+        live_totals = {e: _totals_for(e, Flow(*acc)) for e, acc in live_sums.items()}
         self.table.live = _merge_live(self.table.live, live_totals, self.protocol)
-        # Forget bindings of sockets that vanished without a record (lost to a
-        # full ring buffer, counted by the kernel) and old closed sockets.
+        # A bound socket gone without a record lost it to a full ring buffer (the
+        # kernel counts those): keep what we had counted of it.
         for sid in [s for s in self.bound if s not in seen]:
-            del self.bound[sid]
+            edge, flow = self.bound.pop(sid)
+            closed.setdefault(edge, Totals()).add(_totals_for(edge, flow))
             self.opened.discard(sid)
+            self.vanished += 1
         for sid in [s for s in self.first_seen if now - self.first_seen[s] > 60]:
             del self.first_seen[sid]
         for key in [k for k, (_, t) in self.recent.items() if now - t > 30]:

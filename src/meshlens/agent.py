@@ -228,18 +228,14 @@ def _tcp_sock(v: np.void) -> Sock:
 def _tcp_live(
     keys: np.ndarray, vals: np.ndarray
 ) -> Iterator[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]:
-    cols = [
-        vals[c].tolist()
-        for c in ("start_ns", "bytes_sent", "bytes_received", "sends", "recvs", "flags")
-    ]
-    for i, (sk, start, bs, br, ns, nr, flags) in enumerate(zip(keys.tolist(), *cols, strict=True)):
-        yield (
-            (sk, start),
-            (lambda i=i: _tcp_sock(vals[i])),
-            Flow(bs, br, ns, nr),
-            bool(flags & tcpflow.Flag.OPENED),
-            bool(flags & tcpflow.Flag.CLOSING),
-        )
+    # Columns as Python lists first: per-row numpy scalar access is slow at 100k rows.
+    names = ("start_ns", "bytes_sent", "bytes_received", "sends", "recvs")
+    cols = [vals[c].tolist() for c in names]
+    opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
+    closing = (vals["flags"] & int(tcpflow.Flag.CLOSING)).astype(bool).tolist()
+    rows = zip(keys.tolist(), *cols, opened, closing, strict=True)
+    for i, (sk, start, bs, br, ns, nr, op, cl) in enumerate(rows):
+        yield ((sk, start), (lambda i=i: _tcp_sock(vals[i])), Flow(bs, br, ns, nr), op, cl)
 
 
 def _tcp_records(
