@@ -221,7 +221,7 @@ class FlowBook:
         self.first_seen: dict[Hashable, float] = {}
         self.opened: set[Hashable] = set()
         self.recent: dict[Hashable, tuple[Edge, float]] = {}  # closed sockets, for late bytes
-        self.vanished = 0  # bound sockets gone without a record (record lost, counted by the kernel)
+        self.vanished = 0  # bound sockets gone without a record (lost; the kernel counts it)
 
     def _bind(self, sid: Hashable, sock: Sock, force: bool) -> Edge | None:
         now = self.clock()

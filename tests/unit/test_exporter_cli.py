@@ -45,7 +45,9 @@ def test_istio_label_set_complete() -> None:
     assert tuple(sorted(sample.labels)) == tuple(sorted(ISTIO_LABELS))
     assert sample.labels["request_protocol"] == "tcp"
     assert sample.name == "istio_tcp_sent_bytes_total"
-    labels = dict(zip(ISTIO_LABELS, istio_labels(Edge("destination", "a", "b", "b:1", "tcp"))))
+    labels = dict(
+        zip(ISTIO_LABELS, istio_labels(Edge("destination", "a", "b", "b:1", "tcp")), strict=True)
+    )
     assert labels["connection_security_policy"] == "none"
     assert labels["destination_service_name"] == "b"
 
