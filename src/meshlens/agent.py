@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from .accounting import EdgeTable, Flow, FlowBook, Namer, Sock, ip_text
 from .identity import IdentityResolver
 from .probes import tcpflow, udpflow
 from .probes.base import Probe, ProbeStatus
+
+if TYPE_CHECKING:
+    from .features import Feature
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ class AgentConfig:
     strict: bool = False
     bpf_stats: bool = True
     probes: tuple[str, ...] = ("tcpflow", "udpflow")
+    features: tuple[str, ...] | None = None  # None: every feature in meshlens.features
+    options: dict[str, Any] = field(default_factory=dict)  # feature options from the CLI
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Agent:
         self.tcp: tcpflow.TcpFlowProbe | None = None
         self.udp: udpflow.UdpFlowProbe | None = None
         self.probes: list[Probe] = []
+        self.features: list[Feature] = []
         self.statuses: list[ProbeStatus] = []
         self.rings = libbpf.RingBuffers()
         self._pending: dict[str, list[bytes]] = {"tcpflow": [], "udpflow": []}
@@ -114,11 +121,36 @@ class Agent:
             self.rings.add(self.tcp.map(tcpflow.EVENTS_MAP), self._pending["tcpflow"].append)
         if self.udp:
             self.rings.add(self.udp.map(udpflow.EVENTS_MAP), self._pending["udpflow"].append)
+        self._start_features()
         self.started_at = time.time()
         self.startup_seconds = time.monotonic() - t0
         self._poller = threading.Thread(target=self._poll_loop, name="ringbuf", daemon=True)
         self._poller.start()
         return self.statuses
+
+    def _start_features(self) -> None:
+        from .features import features
+
+        for cls in features():
+            if self.config.features is not None and cls.name not in self.config.features:
+                continue
+            feat = cls(self, self.config.options)
+            try:
+                feat.start()
+            except Exception as exc:
+                log.error("feature %s failed: %s", cls.name, exc)
+                feat.stop()
+                for probe in feat.probes:
+                    probe.status.error = probe.status.error or str(exc)
+                    self.statuses.append(probe.status)
+                if self.config.strict:
+                    self.stop()
+                    raise
+                continue
+            self.features.append(feat)
+            for probe in feat.probes:
+                self.probes.append(probe)
+                self.statuses.append(probe.status)
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,6 +159,9 @@ class Agent:
             self._poller = None
         with self._ring_lock:
             self.rings.free()
+        for feat in self.features:
+            feat.stop()
+        self.features.clear()
         for probe in self.probes:
             probe.close()
         self.probes.clear()
@@ -172,6 +207,8 @@ class Agent:
             udp_live = self.udp.read_flows() if self.udp else None
             if self.tcp:
                 self.namer.set_listeners(self._listeners())
+            for feat in self.features:
+                feat.refresh()
             with self._ring_lock:
                 self.rings.consume()  # after the reads: see accounting.py
                 tcp_recs = self._take("tcpflow")
@@ -183,6 +220,8 @@ class Agent:
             if self.udp and udp_live is not None:
                 self.last_udp = udp_live
                 self.udp_book.update(_udp_live(*udp_live), _udp_records(udp_recs))
+            for feat in self.features:
+                feat.account()
             self._last_refresh = time.monotonic()
             self.self_stats.refreshes += 1
             self.self_stats.refresh_seconds += time.perf_counter() - t0

@@ -56,6 +56,25 @@ def positive(kind: type) -> Any:
     return parse
 
 
+CORE_TRACE_TOOLS = {
+    "tcplife": "TCP sessions with their lifespan and bytes (bcc tcplife)",
+    "tcpconnect": "active TCP connects with their result (bcc tcpconnect)",
+    "tcpaccept": "passive TCP accepts (bcc tcpaccept)",
+}
+
+
+def _trace_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("-d", "--duration", type=positive(float), default=None, help="stop after N s")
+    p.add_argument("-t", "--timestamp", action="store_true", help="include a time column")
+
+
+def _feature_trace_tools() -> dict[str, Any]:
+    from .features import trace_tools
+
+    return trace_tools()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="meshlens", description="Service-to-service observability with eBPF.")
     p.add_argument("--version", action="version", version=f"meshlens {__version__}")
@@ -80,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--udp-idle", type=positive(float), default=30.0, help="UDP flow idle expiry (s)"
     )
     run.add_argument("--no-bpf-stats", action="store_true", help="do not enable BPF run-time stats")
+    from .features import features
+
+    for feat in features():
+        feat.add_arguments(run)
 
     top = sub.add_parser("top", help="live per-flow table, like tcptop")
     top.add_argument("interval", nargs="?", type=positive(float), default=1.0)
@@ -88,13 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("-n", "--rows", type=positive(int), default=20, help="rows to show")
     top.add_argument("--json", action="store_true", help="one JSON object per interval")
 
-    trace = sub.add_parser("trace", help="stream events (bcc columns)")
-    trace.add_argument("tool", choices=["tcplife", "tcpconnect", "tcpaccept"])
-    trace.add_argument("--json", action="store_true", help="one JSON object per line")
-    trace.add_argument(
-        "-d", "--duration", type=positive(float), default=None, help="stop after N s"
-    )
-    trace.add_argument("-t", "--timestamp", action="store_true", help="include a time column")
+    trace = sub.add_parser("trace", help="stream events (bcc's columns where bcc has the tool)")
+    tools = trace.add_subparsers(dest="tool", required=True, parser_class=_Parser)
+    for name, help_text in CORE_TRACE_TOOLS.items():
+        _trace_common(tools.add_parser(name, help=help_text))
+    for name, tool in _feature_trace_tools().items():
+        tp = tools.add_parser(name, help=tool.help)
+        _trace_common(tp)
+        tool.add_arguments(tp)
 
     chk = sub.add_parser("check", help="which hooks and features work on this kernel")
     chk.add_argument("--json", action="store_true")
@@ -117,9 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .top import run_top
 
         return run_top(args)
-    from .trace import run_trace
+    if args.tool in CORE_TRACE_TOOLS:
+        from .trace import run_trace
 
-    return run_trace(args)
+        return run_trace(args)
+    return int(_feature_trace_tools()[args.tool].run(args))
 
 
 def _preflight() -> str | None:
@@ -154,6 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         max_series=args.max_series,
         strict=args.strict,
         bpf_stats=not args.no_bpf_stats,
+        options=vars(args),
     )
     agent = Agent(cfg)
     try:

@@ -147,6 +147,8 @@ class AgentCollector(Collector):
         a = self.agent
         a.refresh()
         yield from edge_families(a.table.totals())
+        for feat in a.features:
+            yield from feat.families()
         yield from self_families(a)
 
 
