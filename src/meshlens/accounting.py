@@ -102,6 +102,9 @@ class Namer:
         # (netns or 0, ip, port) -> workload, for local ends of sockets we saw
         self.endpoints: dict[tuple[int, str, int], str] = {}
         self.listeners: dict[tuple[int, int], str] = {}  # (netns, port) -> workload
+        # Features that can name an address no local socket holds (e.g. from DNS
+        # answers) add a lookup here; the first answer wins.
+        self.peer_names: list[Callable[[str], str | None]] = []
 
     def local(self, s: Sock) -> str:
         name: str = self.identity.workload(s.tgid, s.comm, s.netns, s.cgroup_id)

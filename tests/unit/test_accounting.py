@@ -206,3 +206,14 @@ def test_text_helpers() -> None:
     assert ip_text(10, mapped) == "10.1.2.3"
     assert service_name("unknown", "::1", 80) == "[::1]:80"
     assert service_name("cart", "1.2.3.4", 80) == "cart:80"
+
+
+def test_peer_names_name_off_host_services() -> None:
+    namer = Namer(FakeIdentity())
+    namer.peer_names.append(lambda ip: {"93.184.216.34": "example.com"}.get(ip))
+    ext = Sock(10, "curl", 1, 0, 2, "198.18.0.1", 40000, "93.184.216.34", 443, False)
+    edge = namer.edge(ext, "tcp")
+    assert edge.destination_service == "example.com:443"
+    assert edge.destination_workload == "unknown"
+    other = ext._replace(raddr="93.184.216.35")
+    assert namer.edge(other, "tcp").destination_service == "93.184.216.35:443"
