@@ -142,6 +142,13 @@ class Namer:
             return True
         return s.lport < s.rport
 
+    def peer_name(self, ip: str) -> str | None:
+        for lookup in self.peer_names:
+            name = lookup(ip)
+            if name:
+                return name
+        return None
+
     def edge(self, s: Sock, protocol: str) -> Edge:
         local = self.local(s)
         remote = self.remote(s)
@@ -149,7 +156,9 @@ class Namer:
             return Edge(
                 "destination", remote, local, service_name(local, s.laddr, s.lport), protocol
             )
-        return Edge("source", local, remote, service_name(remote, s.raddr, s.rport), protocol)
+        # A peer off this host keeps ip:port, or the name it was looked up by.
+        host = remote if remote != UNKNOWN else (self.peer_name(s.raddr) or UNKNOWN)
+        return Edge("source", local, remote, service_name(host, s.raddr, s.rport), protocol)
 
 
 @dataclass
