@@ -68,4 +68,24 @@ static __always_inline __u64 ringbuf_flags(void *rb, __u64 wakeup_bytes)
 									 : BPF_RB_NO_WAKEUP;
 }
 
+/* floor(log2(v)) for v > 0, branch-free (BPF has no count-leading-zeros). */
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
 #endif /* MESHLENS_BPF_H */

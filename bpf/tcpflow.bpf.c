@@ -130,15 +130,22 @@ static __always_inline void fill_event_owner(struct tcpflow_event *e, const stru
 	e->dir = v->dir;
 	e->flags = v->flags;
 	__builtin_memcpy(e->comm, v->comm, TCPFLOW_COMM_LEN);
+	__builtin_memcpy(e->retrans, v->retrans, sizeof(e->retrans));
+	e->resets_sent = v->resets_sent;
+	e->resets_received = v->resets_received;
+	e->rst_reason = v->rst_reason;
+	e->rtt_sum_us = v->rtt_sum_us;
+	__builtin_memcpy(e->rtt_hist, v->rtt_hist, sizeof(e->rtt_hist));
 }
 
 /* Bytes counted after (or while) the close record was made. */
 static __always_inline void emit_late(const struct sock *sk, const struct tcpflow_value *v,
-				      __u64 sent, __u64 received, __u64 sends, __u64 recvs)
+				      __u64 sent, __u64 received, __u64 sends, __u64 recvs,
+				      __u32 rst_reason_plus1)
 {
 	struct tcpflow_event *e;
 
-	if (!(sent | received | sends | recvs))
+	if (!(sent | received | sends | recvs | rst_reason_plus1))
 		return;
 	e = bpf_ringbuf_reserve(&tcpflow_events, sizeof(*e), 0);
 	if (!e) {
@@ -150,8 +157,17 @@ static __always_inline void emit_late(const struct sock *sk, const struct tcpflo
 	fill_event_from_sock(e, sk);
 	if (v) {
 		fill_event_owner(e, v);
+		/* health was counted with the live entry or its final record */
+		__builtin_memset(e->retrans, 0, sizeof(e->retrans));
+		__builtin_memset(e->rtt_hist, 0, sizeof(e->rtt_hist));
+		e->rtt_sum_us = 0;
+		e->resets_sent = e->resets_received = 0;
 	} else {
 		owner_from_current(&e->tgid, &e->pid, &e->cgroup_id, e->comm);
+	}
+	if (rst_reason_plus1) {
+		e->resets_sent = 1;
+		e->rst_reason = rst_reason_plus1 - 1;
 	}
 	e->type = TCPFLOW_EV_LATE;
 	e->bytes_sent = sent;
@@ -174,7 +190,7 @@ static __always_inline int account(const struct sock *sk, int ret, int flags, bo
 	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
 	if (!v) {
 		if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
-			emit_late(sk, 0, send ? ret : 0, send ? 0 : ret, send, !send);
+			emit_late(sk, 0, send ? ret : 0, send ? 0 : ret, send, !send, 0);
 			return 0;
 		}
 		v = flow_create(sk, TCPFLOW_DIR_UNKNOWN, true);
@@ -197,7 +213,7 @@ static __always_inline int account(const struct sock *sk, int ret, int flags, bo
 		emit_late(sk, v, __sync_lock_test_and_set(&v->bytes_sent, 0),
 			  __sync_lock_test_and_set(&v->bytes_received, 0),
 			  __sync_lock_test_and_set(&v->sends, 0),
-			  __sync_lock_test_and_set(&v->recvs, 0));
+			  __sync_lock_test_and_set(&v->recvs, 0), 0);
 	}
 	return 0;
 }
@@ -281,9 +297,8 @@ static __always_inline void flow_close(const struct sock *sk, int oldstate)
 	__u64 sent = 0, received = 0, sends = 0, recvs = 0;
 
 	if (oldstate == TCP_SYN_SENT) {
-		/* connect() failed: not a connection, no close record */
-		if (emit_opens)
-			emit_open(sk, v, TCPFLOW_EV_CONNECT, oldstate);
+		/* connect() failed: not a connection; the record says why (sk_err) */
+		emit_open(sk, v, TCPFLOW_EV_CONNECT_FAILED, oldstate);
 		if (v && !bpf_map_delete_elem(&tcpflow_flows, &key))
 			stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
 		return;
@@ -340,6 +355,96 @@ int BPF_PROG(tcpflow_state, struct sock *sk, int oldstate, int newstate)
 	} else if (newstate == TCP_CLOSE) {
 		flow_close(sk, oldstate);
 	}
+	return 0;
+}
+
+/* ---- network health per socket ---------------------------------------- */
+
+SEC("raw_tp/tcp_retransmit_skb")
+int BPF_PROG(tcpflow_retransmit, struct sock *sk, struct sk_buff *skb, int err)
+{
+	const struct inet_connection_sock *icsk = (const struct inet_connection_sock *)sk;
+	void *cb = (void *)skb + bpf_core_field_offset(struct sk_buff, cb);
+	struct tcpflow_value *v;
+	__u64 key = (__u64)sk;
+	__u32 type, segs;
+	__u8 ca;
+
+	if (err)
+		return 0; /* not sent: the kernel does not count it either */
+	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
+	if (!v)
+		return 0;
+	ca = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_SYN_SENT)
+		type = TCPFLOW_RETRANS_SYN;
+	else if (ca == TCP_CA_Loss)
+		type = TCPFLOW_RETRANS_TIMEOUT;
+	else if (ca == TCP_CA_Recovery)
+		type = TCPFLOW_RETRANS_FAST;
+	else
+		type = TCPFLOW_RETRANS_OTHER;
+	/* one skb may carry several segments (TSO); TcpRetransSegs counts segments */
+	segs = BPF_CORE_READ((struct tcp_skb_cb *)cb, tcp_gso_segs);
+	__sync_fetch_and_add(&v->retrans[type & 3], segs ? segs : 1);
+	return 0;
+}
+
+SEC("raw_tp/tcp_send_reset")
+int BPF_PROG(tcpflow_reset_sent, struct sock *sk, struct sk_buff *skb, int reason)
+{
+	struct tcpflow_value *v;
+	__u64 key = (__u64)sk;
+	__u8 state;
+
+	if (!sk)
+		return 0; /* no socket: tcphealth counts it from the packet */
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		return 0; /* mini sockets are never flows */
+	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
+	if (v) {
+		__sync_fetch_and_add(&v->resets_sent, 1);
+		v->rst_reason = reason;
+	} else if (state == TCP_CLOSE) {
+		/* e.g. close() with unread data: CLOSE first, then the reset */
+		emit_late(sk, 0, 0, 0, 0, 0, reason + 1);
+	}
+	return 0;
+}
+
+SEC("raw_tp/tcp_receive_reset")
+int BPF_PROG(tcpflow_reset_received, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
+
+	if (v)
+		__sync_fetch_and_add(&v->resets_received, 1);
+	return 0;
+}
+
+/* tcp_probe fires for every segment an established socket receives; a
+ * histogram sample is taken only when the smoothed RTT moved, i.e. once per
+ * RTT measurement, not once per packet. */
+SEC("raw_tp/tcp_probe")
+int BPF_PROG(tcpflow_rtt, struct sock *sk, struct sk_buff *skb)
+{
+	__u64 key = (__u64)sk;
+	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
+	__u32 srtt, slot;
+
+	if (!v)
+		return 0;
+	srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	if (!srtt || srtt == v->srtt_us)
+		return 0;
+	v->srtt_us = srtt;
+	slot = log2_u32(srtt);
+	if (slot >= TCPFLOW_RTT_SLOTS)
+		slot = TCPFLOW_RTT_SLOTS - 1;
+	__sync_fetch_and_add(&v->rtt_hist[slot], 1);
+	__sync_fetch_and_add(&v->rtt_sum_us, srtt);
 	return 0;
 }
 

@@ -5,6 +5,19 @@
 #define MESHLENS_TCPFLOW_H
 
 #define TCPFLOW_COMM_LEN 16
+/* RTT histogram: slot i counts smoothed RTTs in [2^i, 2^(i+1)) microseconds;
+ * slot 0 also takes < 1 us, the last slot everything from 2^23 us (8.4 s). */
+#define TCPFLOW_RTT_SLOTS 24
+
+/* Retransmission types, told apart by the socket's state and the congestion
+ * avoidance state at the time (icsk_ca_state). */
+enum tcpflow_retrans {
+	TCPFLOW_RETRANS_TIMEOUT = 0, /* TCP_CA_Loss: after a retransmission timeout */
+	TCPFLOW_RETRANS_FAST = 1,    /* TCP_CA_Recovery: fast retransmit / loss recovery */
+	TCPFLOW_RETRANS_SYN = 2,     /* SYN_SENT: the SYN itself */
+	TCPFLOW_RETRANS_OTHER = 3,   /* probes (TLP) and others */
+	TCPFLOW_RETRANS_TYPES = 4,
+};
 
 /* How the socket came to be. */
 enum tcpflow_dir {
@@ -23,6 +36,7 @@ enum tcpflow_event_type {
 	TCPFLOW_EV_LATE = 2,    /* bytes counted after the close record */
 	TCPFLOW_EV_CONNECT = 3, /* active open finished (trace only) */
 	TCPFLOW_EV_ACCEPT = 4,  /* passive open finished (trace only) */
+	TCPFLOW_EV_CONNECT_FAILED = 5, /* SYN_SENT -> CLOSE; error says why */
 };
 
 /* Self-metrics, indexes into the per-CPU tcpflow_stats array. */
@@ -57,6 +71,14 @@ struct tcpflow_value {
 	__u8 flags;
 	__u32 __pad0;
 	char comm[TCPFLOW_COMM_LEN];
+	/* network health; monotonic, copied (not taken) into the final record */
+	__u32 retrans[TCPFLOW_RETRANS_TYPES]; /* retransmitted segments by type */
+	__u32 resets_sent;
+	__u32 resets_received;
+	__u32 rst_reason; /* last enum sk_rst_reason sent */
+	__u32 srtt_us;    /* last smoothed RTT seen */
+	__u64 rtt_sum_us; /* sum of the samples in rtt_hist */
+	__u32 rtt_hist[TCPFLOW_RTT_SLOTS];
 };
 
 /* Ring buffer record: close, late bytes, or (trace mode) an open. */
@@ -89,7 +111,14 @@ struct tcpflow_event {
 	__u8 type;
 	__u8 oldstate;
 	__u16 __pad0;
-	__u32 error; /* connect result for TCPFLOW_EV_CONNECT: 0 or the socket error */
+	__u32 error; /* connect result for TCPFLOW_EV_CONNECT*: 0 or the socket error */
+	__u32 retrans[TCPFLOW_RETRANS_TYPES];
+	__u32 resets_sent;
+	__u32 resets_received;
+	__u32 rst_reason;
+	__u32 __pad1;
+	__u64 rtt_sum_us;
+	__u32 rtt_hist[TCPFLOW_RTT_SLOTS];
 };
 
 /* Key of tcpflow_listeners: who listens on a port in a network namespace. */

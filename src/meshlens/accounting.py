@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 UNKNOWN = "unknown"
 OVERFLOW = "overflow"
 
@@ -60,6 +62,11 @@ class Totals:
     response_calls: int = 0
     opened: int = 0
     closed: int = 0
+    # Per-socket counters with no direction, summed per edge (a probe's own
+    # layout, e.g. tcpflow's retransmits by type and RTT histogram).
+    health: np.ndarray | None = None
+    # Counts under a closed label set, e.g. ("reset_sent", "TCP_ABORT_ON_CLOSE").
+    labeled: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, other: Totals) -> None:
         self.request_bytes += other.request_bytes
@@ -68,6 +75,20 @@ class Totals:
         self.response_calls += other.response_calls
         self.opened += other.opened
         self.closed += other.closed
+        self.add_health(other.health)
+        self.add_labeled(other.labeled)
+
+    def add_health(self, vec: np.ndarray | None) -> None:
+        if vec is None:
+            return
+        if self.health is None:
+            self.health = np.array(vec, dtype=np.int64)
+        else:
+            self.health = self.health + vec
+
+    def add_labeled(self, counts: dict[tuple[str, str], int]) -> None:
+        for key, n in counts.items():
+            self.labeled[key] = self.labeled.get(key, 0) + n
 
 
 def ip_text(family: int, raw: bytes) -> str:
@@ -207,6 +228,19 @@ class EdgeTable:
         return out
 
 
+class Record(NamedTuple):
+    """One ring-buffer record, ready for accounting."""
+
+    sid: Hashable  # the socket's id while it lived
+    late_key: Hashable  # matches a closed socket when the record is late
+    make: Callable[[], Sock]
+    flow: Flow
+    opened: bool
+    kind: str  # "close" (final), "late" (bytes after the final), "failed" (connect failed)
+    health: np.ndarray | None = None
+    labeled: dict[tuple[str, str], int] | None = None
+
+
 class FlowBook:
     """Live-plus-closed accounting for one protocol's sockets.
 
@@ -243,8 +277,7 @@ class FlowBook:
             first = self.first_seen.setdefault(sid, now)
             if now - first < self.bind_after:
                 return None
-        local = self.namer.local(sock)
-        self.namer.learn(sock, local)
+        self.namer.learn(sock, self.namer.local(sock))
         edge = self.table.admit(self.namer.edge(sock, self.protocol))
         self.first_seen.pop(sid, None)
         return edge
@@ -252,44 +285,72 @@ class FlowBook:
     def update(
         self,
         live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
-        records: Iterable[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]],
+        records: Iterable[Record],
+        live_health: np.ndarray | None = None,
+        live_labeled: dict[int, dict[tuple[str, str], int]] | None = None,
     ) -> None:
-        """live: (socket id, Sock-maker, Flow, opened, closing);
-        records: (socket id, late key, Sock-maker, Flow, opened, is_final)."""
+        """live: (socket id, Sock-maker, Flow, opened, closing) per map entry, and
+        optionally each entry's health vector (rows in the same order) and labeled
+        counts (by row number)."""
         now = self.clock()
         closed = self.table.closed
         reported: set[Hashable] = set()  # sockets with a record in this drain
-        for sid, late_key, make, flow, opened, final in records:
+        records = list(records)
+        live = list(live)
+        # Learn the local end of every new socket before naming any edge, so the
+        # two ends of a connection on this host name each other in one refresh.
+        made: dict[Hashable, Sock] = {}
+        for r in records:
+            if r.sid not in self.bound:
+                made[r.sid] = r.make()
+        for sid, make, _, _, closing in live:
+            if sid not in self.bound and not closing and sid not in made:
+                made[sid] = make()
+        for sock in made.values():
+            if sock.tgid or self.namer.identity.netns_name(sock.netns):
+                self.namer.learn(sock, self.namer.local(sock))
+        for r in records:
+            sid = r.sid
             entry = self.bound.get(sid)
             edge = entry[0] if entry else None
-            if edge is None and not final:
-                hit = self.recent.get(late_key)
+            if edge is None and r.kind == "late":
+                hit = self.recent.get(r.late_key)
                 edge = hit[0] if hit else None
             if edge is None:
-                edge = self._bind(sid, make(), force=True)
+                edge = self._bind(sid, made.get(sid) or r.make(), force=True)
                 assert edge is not None
             t = closed.setdefault(edge, Totals())
-            t.add(_totals_for(edge, flow))
+            t.add(_totals_for(edge, r.flow))
+            t.add_health(r.health)
+            if r.labeled:
+                t.add_labeled(r.labeled)
             reported.add(sid)
-            if opened and sid not in self.opened:
+            if r.opened and sid not in self.opened:
                 t.opened += 1
                 self.opened.add(sid)
-            if final:
+            if r.kind == "late":
+                if entry is not None:
+                    entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
+                continue
+            if r.kind == "close":
                 t.closed += 1
-                self.opened.discard(sid)
-                self.bound.pop(sid, None)
-                self.recent[late_key] = (edge, now)
-            elif entry is not None:
-                entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
+            self.opened.discard(sid)
+            self.bound.pop(sid, None)
+            self.recent[r.late_key] = (edge, now)
         live_sums: dict[Edge, list[int]] = {}  # own-socket directions, oriented below
         seen: set[Hashable] = set()
+        rows: list[int] = []  # row -> index into `edges`, -1 when not counted live
+        edges: list[Edge] = []
+        edge_index: dict[Edge, int] = {}
         for sid, make, flow, opened, closing in live:
             entry = self.bound.get(sid)
             if entry is None:
                 if sid in reported or closing:
+                    rows.append(-1)
                     continue  # counted from its record (now or in a later drain)
-                edge = self._bind(sid, make(), force=False)
+                edge = self._bind(sid, made.get(sid) or make(), force=False)
                 if edge is None:
+                    rows.append(-1)
                     continue
                 entry = self.bound[sid] = [edge, flow]
             elif closing:
@@ -300,6 +361,11 @@ class FlowBook:
                 entry[1] = flow
             seen.add(sid)
             edge = entry[0]
+            i = edge_index.get(edge)
+            if i is None:
+                i = edge_index[edge] = len(edges)
+                edges.append(edge)
+            rows.append(i)
             acc = live_sums.get(edge)
             if acc is None:
                 live_sums[edge] = [flow.sent, flow.received, flow.sends, flow.recvs]
@@ -312,6 +378,17 @@ class FlowBook:
                 self.opened.add(sid)
                 closed.setdefault(edge, Totals()).opened += 1
         live_totals = {e: _totals_for(e, Flow(*acc)) for e, acc in live_sums.items()}
+        if live_health is not None and edges:
+            # Health counters are copied into the final record, not taken, so a
+            # closing entry still holds them: sum them with numpy, per edge.
+            idx = np.asarray(rows, dtype=np.int64)
+            keep = idx >= 0
+            sums = _group_sums(idx[keep], live_health[keep], len(edges))
+            for e, i in edge_index.items():
+                live_totals[e].health = sums[i]
+        for row, counts in (live_labeled or {}).items():
+            if row < len(rows) and rows[row] >= 0:
+                live_totals[edges[rows[row]]].add_labeled(counts)
         self.table.live = _merge_live(self.table.live, live_totals, self.protocol)
         # A bound socket gone without a record lost it to a full ring buffer (the
         # kernel counts those): keep what we had counted of it.
@@ -324,6 +401,17 @@ class FlowBook:
             del self.first_seen[sid]
         for key in [k for k, (_, t) in self.recent.items() if now - t > 30]:
             del self.recent[key]
+
+
+def _group_sums(groups: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Sum rows by group id (0..n-1); sort + reduceat is much faster than add.at."""
+    sums = np.zeros((n, rows.shape[1]), dtype=np.int64)
+    if len(groups):
+        order = np.argsort(groups, kind="stable")
+        g = groups[order]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        sums[g[starts]] = np.add.reduceat(rows[order].astype(np.int64), starts, axis=0)
+    return sums
 
 
 def _merge_live(

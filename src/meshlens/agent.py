@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _libbpf as libbpf
-from .accounting import EdgeTable, Flow, FlowBook, Namer, Sock, ip_text
+from . import kernel_enums
+from .accounting import EdgeTable, Flow, FlowBook, Namer, Record, Sock, ip_text
 from .identity import IdentityResolver
 from .probes import tcpflow, udpflow
 from .probes.base import Probe, ProbeStatus
@@ -216,7 +217,10 @@ class Agent:
             self.last_records = {"tcpflow": tcp_recs, "udpflow": udp_recs}
             if self.tcp and tcp_live is not None:
                 self.last_tcp = tcp_live
-                self.tcp_book.update(_tcp_live(*tcp_live), _tcp_records(tcp_recs))
+                keys, vals = tcp_live
+                self.tcp_book.update(
+                    _tcp_live(keys, vals), _tcp_records(tcp_recs), *tcp_health(vals)
+                )
             if self.udp and udp_live is not None:
                 self.last_udp = udp_live
                 self.udp_book.update(_udp_live(*udp_live), _udp_records(udp_recs))
@@ -277,25 +281,67 @@ def _tcp_live(
         yield ((sk, start), (lambda i=i: _tcp_sock(vals[i])), Flow(bs, br, ns, nr), op, cl)
 
 
-def _tcp_records(
-    recs: list[bytes],
-) -> Iterator[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]]:
+# Health vector of a TCP socket, summed per edge (see TcpHealth in exporter.py):
+# retransmits by type, resets sent and received, RTT sum (us), RTT histogram.
+HEALTH_RETRANS = slice(0, tcpflow.RETRANS_TYPES)
+HEALTH_RESETS_SENT = tcpflow.RETRANS_TYPES
+HEALTH_RESETS_RECEIVED = HEALTH_RESETS_SENT + 1
+HEALTH_RTT_SUM = HEALTH_RESETS_RECEIVED + 1
+HEALTH_RTT_HIST = slice(HEALTH_RTT_SUM + 1, HEALTH_RTT_SUM + 1 + tcpflow.RTT_SLOTS)
+HEALTH_LEN = HEALTH_RTT_SUM + 1 + tcpflow.RTT_SLOTS
+
+
+def health_matrix(rows: np.ndarray) -> np.ndarray:
+    """Health vectors of flow values or records, one row each."""
+    out = np.empty((len(rows), HEALTH_LEN), dtype=np.int64)
+    out[:, HEALTH_RETRANS] = rows["retrans"]
+    out[:, HEALTH_RESETS_SENT] = rows["resets_sent"]
+    out[:, HEALTH_RESETS_RECEIVED] = rows["resets_received"]
+    out[:, HEALTH_RTT_SUM] = rows["rtt_sum_us"]
+    out[:, HEALTH_RTT_HIST] = rows["rtt_hist"]
+    return out
+
+
+def _reset_labels(row: np.void) -> dict[tuple[str, str], int]:
+    n = int(row["resets_sent"])
+    return {("reset_sent", kernel_enums.reset_reason(int(row["rst_reason"]))): n} if n else {}
+
+
+def tcp_health(vals: np.ndarray) -> tuple[np.ndarray, dict[int, dict[tuple[str, str], int]]]:
+    labeled = {int(i): _reset_labels(vals[i]) for i in np.flatnonzero(vals["resets_sent"])}
+    return health_matrix(vals), labeled
+
+
+_KINDS = {
+    tcpflow.EventType.CLOSE: "close",
+    tcpflow.EventType.LATE: "late",
+    tcpflow.EventType.CONNECT_FAILED: "failed",
+}
+
+
+def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
     if not recs:
         return
     ev = tcpflow.decode_events(recs)
+    health = health_matrix(ev)
     for i in range(len(ev)):
         e = ev[i]
-        typ = int(e["type"])
-        if typ not in (tcpflow.EventType.CLOSE, tcpflow.EventType.LATE):
-            continue
+        kind = _KINDS.get(int(e["type"]))
+        if kind is None:
+            continue  # trace-only records
+        labeled = _reset_labels(e)
+        if kind == "failed":
+            labeled[("connect_failed", kernel_enums.connect_failure(int(e["error"])))] = 1
         sk = int(e["sk"])
-        yield (
+        yield Record(
             (sk, int(e["start_ns"])),
             sk,
             (lambda e=e: _tcp_sock(e)),
             Flow(int(e["bytes_sent"]), int(e["bytes_received"]), int(e["sends"]), int(e["recvs"])),
             bool(int(e["flags"]) & tcpflow.Flag.OPENED),
-            typ == tcpflow.EventType.CLOSE,
+            kind,
+            health[i],
+            labeled,
         )
 
 
@@ -344,16 +390,14 @@ def _udp_live(
         )
 
 
-def _udp_records(
-    recs: list[bytes],
-) -> Iterator[tuple[Hashable, Hashable, Callable[[], Sock], Flow, bool, bool]]:
+def _udp_records(recs: list[bytes]) -> Iterator[Record]:
     if not recs:
         return
     ev = udpflow.decode_events(recs)
     for i in range(len(ev)):
         e = ev[i]
         uid = _udp_id(e)
-        yield (
+        yield Record(
             (*uid, int(e["start_ns"])),
             uid,
             (lambda e=e: _udp_sock(e, e)),
@@ -364,5 +408,5 @@ def _udp_records(
                 int(e["datagrams_received"]),
             ),
             False,
-            int(e["type"]) == udpflow.EventType.EXPIRE,
+            "close" if int(e["type"]) == udpflow.EventType.EXPIRE else "late",
         )

@@ -9,7 +9,12 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .accounting import UNKNOWN, Edge, Totals
@@ -135,6 +140,69 @@ def edge_families(totals: dict[Edge, Totals]) -> Iterator[Metric]:
             udp_dgrams.add_metric([*labels, "sent"], out_d)
             udp_dgrams.add_metric([*labels, "received"], in_d)
     yield from (sent, received, opened, closed, udp_sent, udp_received, udp_dgrams)
+    yield from health_families(totals)
+
+
+EDGE_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service")
+# Upper bounds of tcpflow's log2 RTT slots, in seconds: slot i holds [2^i, 2^(i+1)) us.
+RTT_BOUNDS = [2.0 ** (i + 1) / 1e6 for i in range(tcpflow.RTT_SLOTS - 1)]
+
+
+def health_families(totals: dict[Edge, Totals]) -> Iterator[Metric]:
+    """What the mesh cannot see, per TCP edge: RTT, retransmits, resets, failed connects."""
+    from .agent import (
+        HEALTH_RESETS_RECEIVED,
+        HEALTH_RETRANS,
+        HEALTH_RTT_HIST,
+        HEALTH_RTT_SUM,
+    )
+
+    rtt = HistogramMetricFamily(
+        "meshlens_tcp_rtt_seconds",
+        "Smoothed RTT samples of the edge's sockets (kernel srtt, log2 buckets).",
+        labels=EDGE_LABELS,
+    )
+    retrans = CounterMetricFamily(
+        "meshlens_tcp_retransmits",
+        "Retransmitted TCP segments by type (timeout, fast, syn; synack per listener).",
+        labels=(*EDGE_LABELS, "type"),
+    )
+    resets = CounterMetricFamily(
+        "meshlens_tcp_resets",
+        "TCP resets sent and received by the edge's sockets; reason from enum sk_rst_reason.",
+        labels=(*EDGE_LABELS, "direction", "reason"),
+    )
+    failures = CounterMetricFamily(
+        "meshlens_tcp_connect_failures",
+        "connect() attempts that ended before ESTABLISHED, by reason.",
+        labels=(*EDGE_LABELS, "reason"),
+    )
+    for edge, t in sorted(totals.items()):
+        if edge.protocol != "tcp":
+            continue
+        labels = list(edge[:4])
+        h = t.health
+        if h is not None:
+            hist = h[HEALTH_RTT_HIST]
+            if hist.any():
+                cum = 0
+                buckets = []
+                for bound, n in zip([*RTT_BOUNDS, float("inf")], hist.tolist(), strict=True):
+                    cum += n
+                    buckets.append(("+Inf" if bound == float("inf") else repr(bound), cum))
+                rtt.add_metric(labels, buckets, int(h[HEALTH_RTT_SUM]) / 1e6)
+            for name, n in zip(tcpflow.RETRANS_NAMES, h[HEALTH_RETRANS].tolist(), strict=True):
+                if n:
+                    retrans.add_metric([*labels, name], n)
+            if h[HEALTH_RESETS_RECEIVED]:
+                # the kernel gives no reason for a reset it receives
+                resets.add_metric([*labels, "received", UNKNOWN], int(h[HEALTH_RESETS_RECEIVED]))
+        for (kind, reason), n in sorted(t.labeled.items()):
+            if kind == "reset_sent":
+                resets.add_metric([*labels, "sent", reason], n)
+            elif kind == "connect_failed":
+                failures.add_metric([*labels, reason], n)
+    yield from (rtt, retrans, resets, failures)
 
 
 class AgentCollector(Collector):

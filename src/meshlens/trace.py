@@ -60,7 +60,8 @@ def format_event(tool: str, e: np.void) -> dict[str, Any] | None:
             srtt_us=int(e["srtt_us"]),
         )
         return f
-    if tool == "tcpconnect" and typ == tcpflow.EventType.CONNECT:
+    connects = (tcpflow.EventType.CONNECT, tcpflow.EventType.CONNECT_FAILED)
+    if tool == "tcpconnect" and typ in connects:
         f["error"] = int(e["error"])
         return f
     if tool == "tcpaccept" and typ == tcpflow.EventType.ACCEPT:

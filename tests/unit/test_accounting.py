@@ -13,6 +13,7 @@ from meshlens.accounting import (
     Flow,
     FlowBook,
     Namer,
+    Record,
     Sock,
     ip_text,
     service_name,
@@ -66,7 +67,7 @@ def live(sid: Any, sock: Sock, flow: Flow, opened: bool = True, closing: bool = 
 
 
 def rec(sid: Any, sock: Sock, flow: Flow, final: bool = True, opened: bool = True) -> Any:
-    return (sid, sid[0], lambda: sock, flow, opened, final)
+    return Record(sid, sid[0], lambda: sock, flow, opened, "close" if final else "late")
 
 
 def test_edges_and_istio_directions(book: FlowBook) -> None:
@@ -117,7 +118,7 @@ def test_totals_never_decrease_across_close(book: FlowBook) -> None:
 def test_late_record_before_close_never_double_counts(book: FlowBook) -> None:
     book.update([live((1, 5), client(), Flow(100, 0, 1, 0))], [])
     # an adder raced the close: it took everything (110) as a late record
-    late = ((1, 5), 1, lambda: client(), Flow(110, 0, 2, 0), True, False)
+    late = Record((1, 5), 1, lambda: client(), Flow(110, 0, 2, 0), True, "late")
     book.update([live((1, 5), client(), Flow(0, 0, 0, 0), closing=True)], [late])
     assert book.table.totals()[SRC].request_bytes == 110
     book.update([], [rec((1, 5), client(), Flow(0, 0, 0, 0))])
@@ -183,7 +184,7 @@ def test_late_record_goes_to_recently_closed_edge(book: FlowBook) -> None:
     book.update([], [rec((1, 5), client(), Flow(10, 0, 1, 0))])
     # A late record carries no start time (entry gone): matched by socket.
     stray = client()._replace(netns=55, comm="x")
-    book.update([], [((1, 0), 1, lambda: stray, Flow(4, 0, 1, 0), False, False)])
+    book.update([], [Record((1, 0), 1, lambda: stray, Flow(4, 0, 1, 0), False, "late")])
     assert book.table.totals()[SRC].request_bytes == 14
 
 

@@ -18,6 +18,11 @@ EVENTS_MAP = "tcpflow_events"
 STATS_MAP = "tcpflow_stats"
 
 
+RTT_SLOTS = 24  # TCPFLOW_RTT_SLOTS: slot i = smoothed RTT in [2^i, 2^(i+1)) us
+RETRANS_TYPES = 4
+RETRANS_NAMES = ("timeout", "fast", "syn", "other")  # enum tcpflow_retrans order
+
+
 class Dir(enum.IntEnum):
     UNKNOWN = 0
     ACTIVE = 1
@@ -34,6 +39,7 @@ class EventType(enum.IntEnum):
     LATE = 2
     CONNECT = 3
     ACCEPT = 4
+    CONNECT_FAILED = 5
 
 
 class Stat(enum.IntEnum):
@@ -65,6 +71,13 @@ VALUE = layout(
     ("flags", "u8"),
     ("__pad0", "u32"),
     ("comm", "char[16]"),
+    ("retrans", f"u32[{RETRANS_TYPES}]"),
+    ("resets_sent", "u32"),
+    ("resets_received", "u32"),
+    ("rst_reason", "u32"),
+    ("srtt_us", "u32"),
+    ("rtt_sum_us", "u64"),
+    ("rtt_hist", f"u32[{RTT_SLOTS}]"),
 )
 
 EVENT = layout(
@@ -98,6 +111,13 @@ EVENT = layout(
     ("oldstate", "u8"),
     ("__pad0", "u16"),
     ("error", "u32"),
+    ("retrans", f"u32[{RETRANS_TYPES}]"),
+    ("resets_sent", "u32"),
+    ("resets_received", "u32"),
+    ("rst_reason", "u32"),
+    ("__pad1", "u32"),
+    ("rtt_sum_us", "u64"),
+    ("rtt_hist", f"u32[{RTT_SLOTS}]"),
 )
 
 LISTEN_KEY = layout(
