@@ -119,10 +119,12 @@ static __always_inline void fill_event_from_sock(struct tcpflow_event *e, const 
  * the local port already (inet_put_port). */
 static __always_inline void fill_event_owner(struct tcpflow_event *e, const struct tcpflow_value *v)
 {
-	__builtin_memcpy(e->laddr, v->laddr, 16);
-	__builtin_memcpy(e->raddr, v->raddr, 16);
-	e->lport = v->lport;
-	e->rport = v->rport;
+	if (v->lport) { /* else never established: the socket's own tuple is newer */
+		__builtin_memcpy(e->laddr, v->laddr, 16);
+		__builtin_memcpy(e->raddr, v->raddr, 16);
+		e->lport = v->lport;
+		e->rport = v->rport;
+	}
 	e->start_ns = v->start_ns;
 	e->cgroup_id = v->cgroup_id;
 	e->tgid = v->tgid;
@@ -385,6 +387,8 @@ int BPF_PROG(tcpflow_retransmit, struct sock *sk, struct sk_buff *skb, int err)
 	else
 		type = TCPFLOW_RETRANS_OTHER;
 	/* one skb may carry several segments (TSO); TcpRetransSegs counts segments */
+	if (!v->lport) /* a SYN: the tuple is complete only after connect() bound it */
+		read_sock_tuple(sk, v->family, v->laddr, v->raddr, &v->lport, &v->rport);
 	segs = BPF_CORE_READ((struct tcp_skb_cb *)cb, tcp_gso_segs);
 	__sync_fetch_and_add(&v->retrans[type & 3], segs ? segs : 1);
 	return 0;
@@ -419,8 +423,11 @@ int BPF_PROG(tcpflow_reset_received, struct sock *sk)
 	__u64 key = (__u64)sk;
 	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
 
-	if (v)
-		__sync_fetch_and_add(&v->resets_received, 1);
+	if (!v)
+		return 0;
+	__sync_fetch_and_add(&v->resets_received, 1);
+	if (!v->lport) /* refused connect: the port is released before CLOSE */
+		read_sock_tuple(sk, v->family, v->laddr, v->raddr, &v->lport, &v->rport);
 	return 0;
 }
 

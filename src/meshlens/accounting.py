@@ -144,17 +144,22 @@ class Namer:
     def set_listeners(self, listeners: dict[tuple[int, int], str]) -> None:
         self.listeners = listeners
 
-    def remote(self, s: Sock) -> str:
-        hit = self.endpoints.get((self._scope(s.netns, s.raddr), s.raddr, s.rport))
+    def at(self, netns: int, ip: str, port: int) -> str | None:
+        """The workload holding ip:port as seen from netns: a socket we saw, a
+        listener, or the named netns that owns the address."""
+        hit = self.endpoints.get((self._scope(netns, ip), ip, port))
         if hit:
             return hit
-        netns = s.netns if is_loopback(s.raddr) else self.identity.addresses().get(s.raddr)
-        if netns is not None:
-            hit = self.listeners.get((netns, s.rport))
+        owner_ns = netns if is_loopback(ip) else self.identity.addresses().get(ip)
+        if owner_ns is not None:
+            hit = self.listeners.get((owner_ns, port))
             if hit:
                 return hit
-        owner = self.identity.owner_of(s.raddr)
-        return str(owner) if owner else UNKNOWN
+        owner = self.identity.owner_of(ip)
+        return str(owner) if owner else None
+
+    def remote(self, s: Sock) -> str:
+        return self.at(s.netns, s.raddr, s.rport) or UNKNOWN
 
     def is_server(self, s: Sock) -> bool:
         if s.is_server is not None:

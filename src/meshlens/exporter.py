@@ -202,6 +202,8 @@ def health_families(totals: dict[Edge, Totals]) -> Iterator[Metric]:
                 resets.add_metric([*labels, "sent", reason], n)
             elif kind == "connect_failed":
                 failures.add_metric([*labels, reason], n)
+            elif kind == "retrans":
+                retrans.add_metric([*labels, reason], n)
     yield from (rtt, retrans, resets, failures)
 
 

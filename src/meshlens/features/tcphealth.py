@@ -1,0 +1,287 @@
+"""Network health a mesh cannot see, beyond what tcpflow counts per connection:
+packet drops with the kernel's reason, resets for no socket, listen-queue
+overflows, SYN-ACK retransmits and the accept-queue length at SYN time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from .. import kernel_enums
+from ..accounting import UNKNOWN, Edge, Totals, ip_text, service_name
+from ..probes import tcphealth
+from . import Feature, TraceTool
+
+PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+HOST = "host"
+
+
+def backlog_bounds() -> list[str]:
+    """Upper bounds of the SYN-backlog slots: 0, then [2^(i-1), 2^i) -> 2^i - 1."""
+    return ["0"] + [str(2**i - 1) for i in range(1, tcphealth.BACKLOG_SLOTS - 1)] + ["+Inf"]
+
+
+class TcpHealth(Feature):
+    name = "tcphealth"
+    help = "drops with reason, resets for no socket, listen overflows, SYN backlog"
+
+    def __init__(self, agent: Any, options: dict[str, Any]) -> None:
+        super().__init__(agent, options)
+        self.probe = tcphealth.TcpHealthProbe()
+        self.probes = [self.probe]
+        self._last: dict[bytes, int] = {}  # event key -> count already accounted
+        self.evicted = 0
+        # (reason, protocol, workload, peer) -> drops
+        self.drops: dict[tuple[str, str, str, str], int] = {}
+        self._events: tuple[np.ndarray, np.ndarray] | None = None
+        self._listeners: tuple[np.ndarray, np.ndarray] | None = None
+        self._synack: dict[bytes, int] = {}
+
+    def refresh(self) -> None:
+        self._events = self.probe.read_events()
+        self._listeners = self.probe.read_listeners()
+
+    def _local(self, netns: int, ip: str, port: int) -> str:
+        namer = self.agent.namer
+        return (
+            namer.at(netns, ip, port)
+            or namer.identity.netns_name(netns)
+            or namer.identity.owner_of(ip)
+            or HOST
+        )
+
+    def account(self) -> None:
+        if self._events is None:
+            return
+        keys, counts = self._events
+        seen: dict[bytes, int] = {}
+        namer = self.agent.namer
+        for i in range(len(keys)):
+            k = keys[i]
+            raw = k.tobytes()
+            count = int(counts[i])
+            seen[raw] = count
+            before = self._last.get(raw, 0)
+            delta = count - before if count >= before else count  # re-created after eviction
+            if delta <= 0:
+                continue
+            fam = int(k["family"])
+            netns = int(k["netns"])
+            kind = int(k["kind"])
+            reason = int(k["reason"])
+            if fam:
+                laddr, raddr = ip_text(fam, bytes(k["laddr"])), ip_text(fam, bytes(k["raddr"]))
+                lport, rport = int(k["lport"]), int(k["rport"])
+                local = self._local(netns, laddr, lport)
+                peer = namer.at(netns, raddr, rport) or namer.identity.owner_of(raddr) or UNKNOWN
+            else:
+                laddr = raddr = ""
+                lport = rport = 0
+                local, peer = namer.identity.netns_name(netns) or HOST, UNKNOWN
+            if kind == tcphealth.Kind.DROP:
+                proto = PROTOCOLS.get(int(k["proto"]), "other") if fam else "unknown"
+                label = (kernel_enums.drop_reason(reason), proto, local, peer)
+                self.drops[label] = self.drops.get(label, 0) + delta
+            elif kind == tcphealth.Kind.RST_NOSK:
+                # Nobody held the port: the reset answers the peer's segment.
+                dest = local if local != HOST else UNKNOWN
+                svc = service_name(dest, laddr, lport) if fam else UNKNOWN
+                edge = self.agent.table.admit(Edge("destination", peer, dest, svc, "tcp"))
+                t = self.agent.table.closed.setdefault(edge, Totals())
+                t.add_labeled({("reset_sent", kernel_enums.reset_reason(reason)): delta})
+        self.evicted += len(set(self._last) - set(seen))
+        self._last = seen
+        # SYN-ACK retransmits join the per-edge retransmits (type="synack").
+        for (wl, svc), v, key in self._listener_rows(with_key=True):
+            n = int(v["synack_retrans"])
+            delta = n - self._synack.get(key, 0)
+            self._synack[key] = n
+            if delta > 0:
+                edge = self.agent.table.admit(Edge("destination", UNKNOWN, wl, svc, "tcp"))
+                t = self.agent.table.closed.setdefault(edge, Totals())
+                t.add_labeled({("retrans", "synack"): delta})
+
+    def _listener_rows(self, with_key: bool = False) -> Iterator[Any]:
+        if self._listeners is None:
+            return
+        keys, vals = self._listeners
+        for i in range(len(keys)):
+            netns, port = int(keys[i]["netns"]), int(keys[i]["port"])
+            wl = self.agent.namer.listeners.get((netns, port)) or self._named(netns)
+            labels = [wl, service_name(wl, "?", port)]
+            yield (labels, vals[i], keys[i].tobytes()) if with_key else (labels, vals[i])
+
+    def _named(self, netns: int) -> str:
+        return self.agent.namer.identity.netns_name(netns) or HOST
+
+    def families(self) -> Iterator[Metric]:
+        drops = CounterMetricFamily(
+            "meshlens_packet_drops",
+            "Packets the kernel dropped, by enum skb_drop_reason; workload is the local end "
+            "(the socket's, else the packet's destination), peer the other end.",
+            labels=["reason", "protocol", "workload", "peer"],
+        )
+        for (reason, proto, wl, peer), n in sorted(self.drops.items()):
+            drops.add_metric([reason, proto, wl, peer], n)
+        yield drops
+        labels = ["destination_workload", "destination_service"]
+        overflows = CounterMetricFamily(
+            "meshlens_tcp_listen_overflows",
+            "Segments a listener dropped because its accept queue was full (ListenOverflows).",
+            labels=labels,
+        )
+        syns = CounterMetricFamily(
+            "meshlens_tcp_listen_syns", "SYNs that reached a listener.", labels=labels
+        )
+        backlog = HistogramMetricFamily(
+            "meshlens_tcp_syn_backlog",
+            "Accept-queue length of the listener when a SYN arrived (bcc tcpsynbl).",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "meshlens_tcp_listen_backlog_limit", "The listener's listen() backlog.", labels=labels
+        )
+        bounds = backlog_bounds()
+        for lab, v in self._listener_rows():
+            overflows.add_metric(lab, int(v["overflows"]))
+            syns.add_metric(lab, int(v["syns"]))
+            limit.add_metric(lab, int(v["max_backlog"]))
+            hist = v["backlog_hist"].tolist()
+            cum, buckets = 0, []
+            for bound, n in zip(bounds, hist, strict=True):
+                cum += n
+                buckets.append((bound, cum))
+            backlog.add_metric(lab, buckets, sum_value=float("nan"))
+        yield from (overflows, syns, backlog, limit)
+        s = self.probe.stats()
+        full = CounterMetricFamily(
+            "meshlens_tcphealth_untracked",
+            "Health events not tracked: map full (events, listeners) or no parsable headers.",
+            labels=["what"],
+        )
+        full.add_metric(["events_map_full"], s[tcphealth.Stat.EVENTS_FULL])
+        full.add_metric(["listeners_map_full"], s[tcphealth.Stat.LISTEN_FULL])
+        full.add_metric(["unparsed"], s[tcphealth.Stat.UNPARSED])
+        full.add_metric(["evicted_keys"], self.evicted)
+        yield full
+
+
+def _stream(args: argparse.Namespace, interval: float, emit: Any) -> int:
+    """Run a private agent with only this feature and call emit each interval."""
+    from ..agent import Agent, AgentConfig
+
+    agent = Agent(
+        AgentConfig(
+            probes=("tcpflow",), features=("tcphealth",), bpf_stats=False, min_refresh_interval=0
+        )
+    )
+    agent.start()
+    feat = next((f for f in agent.features if isinstance(f, TcpHealth)), None)
+    if feat is None:
+        print("meshlens: cannot load tcphealth", file=sys.stderr)
+        agent.stop()
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        agent.refresh(force=True)
+        emit(feat, agent, first=True)
+        while not stop.wait(interval):
+            agent.refresh(force=True)
+            emit(feat, agent, first=False)
+            if deadline and time.monotonic() >= deadline:
+                break
+    except BrokenPipeError:
+        pass
+    finally:
+        agent.stop()
+    return 0
+
+
+class TcpDrop(TraceTool):
+    """Drops with the kernel's reason, as counts per interval (a drop storm must
+    not become an event storm)."""
+
+    name = "tcpdrop"
+    help = "packet drops with the kernel's reason, per interval (bcc tcpdrop)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-i", "--interval", type=float, default=1.0)
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        prev: dict[tuple[str, str, str, str], int] = {}
+
+        def emit(feat: TcpHealth, agent: Any, first: bool) -> None:
+            nonlocal prev
+            cur = dict(feat.drops)
+            if not first:
+                for key, n in sorted(cur.items()):
+                    d = n - prev.get(key, 0)
+                    if d <= 0:
+                        continue
+                    reason, proto, wl, peer = key
+                    if args.json:
+                        doc = {"time": time.time(), "reason": reason, "protocol": proto}
+                        doc.update(workload=wl, peer=peer, drops=d)
+                        print(json.dumps(doc), flush=True)
+                    else:
+                        stamp = time.strftime("%H:%M:%S ") if args.timestamp else ""
+                        print(f"{stamp}{d:>7} {reason:<28} {proto:<5} {wl:<20} {peer}", flush=True)
+            elif not args.json:
+                stamp = "TIME     " if args.timestamp else ""
+                print(f"{stamp}{'DROPS':>7} {'REASON':<28} {'PROTO':<5} {'WORKLOAD':<20} PEER")
+            prev = cur
+
+        return _stream(args, args.interval, emit)
+
+
+class TcpSynbl(TraceTool):
+    name = "tcpsynbl"
+    help = "accept-queue length at SYN time per listener (bcc tcpsynbl)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-i", "--interval", type=float, default=1.0)
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        def emit(feat: TcpHealth, agent: Any, first: bool) -> None:
+            if first:
+                return
+            for (wl, svc), v in feat._listener_rows():
+                hist = [int(x) for x in v["backlog_hist"].tolist()]
+                limit, over = int(v["max_backlog"]), int(v["overflows"])
+                if args.json:
+                    slots = dict(zip(backlog_bounds(), hist, strict=True))
+                    doc = {"time": time.time(), "workload": wl, "service": svc}
+                    doc.update(max_backlog=limit, overflows=over, backlog_slots=slots)
+                    print(json.dumps(doc), flush=True)
+                    continue
+                print(f"backlog_max = {limit} ({svc}, overflows {over})")
+                print(f"{'backlog':>14} : count")
+                lo = 0
+                for bound, n in zip(backlog_bounds(), hist, strict=True):
+                    if n:
+                        print(f"{lo:>6} -> {bound:<5} : {n}")
+                    lo = int(bound) + 1 if bound != "+Inf" else lo
+            sys.stdout.flush()
+
+        return _stream(args, args.interval, emit)
