@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("-C", "--noclear", action="store_true", help="don't clear the screen")
     top.add_argument("-n", "--rows", type=positive(int), default=20, help="rows to show")
     top.add_argument("--json", action="store_true", help="one JSON object per interval")
+    top.add_argument("-w", "--wide", action="store_true", help="full addresses, wider than 80")
 
     trace = sub.add_parser("trace", help="stream events (bcc's columns where bcc has the tool)")
     tools = trace.add_subparsers(dest="tool", required=True, parser_class=_Parser)

@@ -199,13 +199,16 @@ def _stream(args: argparse.Namespace, interval: float, emit: Any) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     deadline = time.monotonic() + args.duration if args.duration else None
+    count = getattr(args, "count", None)
+    shown = 0
     try:
         agent.refresh(force=True)
         emit(feat, agent, first=True)
         while not stop.wait(interval):
             agent.refresh(force=True)
             emit(feat, agent, first=False)
-            if deadline and time.monotonic() >= deadline:
+            shown += 1
+            if (deadline and time.monotonic() >= deadline) or (count and shown >= count):
                 break
     except BrokenPipeError:
         pass
@@ -283,5 +286,165 @@ class TcpSynbl(TraceTool):
                         print(f"{lo:>6} -> {bound:<5} : {n}")
                     lo = int(bound) + 1 if bound != "+Inf" else lo
             sys.stdout.flush()
+
+        return _stream(args, args.interval, emit)
+
+
+def _positional_interval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("interval", nargs="?", type=float, default=1.0)
+    parser.add_argument("count", nargs="?", type=int, default=None)
+
+
+def rtt_histogram(agent: Any) -> np.ndarray:
+    from ..agent import HEALTH_RTT_HIST
+
+    total = np.zeros(HEALTH_RTT_HIST.stop - HEALTH_RTT_HIST.start, dtype=np.int64)
+    for edge, t in agent.table.totals().items():
+        if edge.protocol == "tcp" and t.health is not None:
+            total += t.health[HEALTH_RTT_HIST]
+    return total
+
+
+def log2_lines(hist: list[int], unit: str) -> list[str]:
+    """bcc's print_log2_hist layout."""
+    if not any(hist):
+        return [f"{unit:>10} : count (none)"]
+    last = max(i for i, n in enumerate(hist) if n)
+    peak = max(hist)
+    lines = [f"{unit:>18}          : count     distribution"]
+    for i in range(last + 1):
+        lo, hi = (0, 1) if i == 0 else (2**i, 2 ** (i + 1) - 1)
+        bar = "*" * (hist[i] * 40 // peak)
+        lines.append(f"{lo:>10} -> {hi:<10} : {hist[i]:<8} |{bar:<40}|")
+    return lines
+
+
+class TcpRtt(TraceTool):
+    name = "tcprtt"
+    help = "histogram of smoothed RTT samples per interval (bcc tcprtt): [interval [count]]"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        _positional_interval(parser)
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        prev = np.zeros(0, dtype=np.int64)
+
+        def emit(feat: TcpHealth, agent: Any, first: bool) -> None:
+            nonlocal prev
+            cur = rtt_histogram(agent)
+            if not first:
+                delta = (cur - prev).tolist() if len(prev) else cur.tolist()
+                if args.json:
+                    doc = {"time": time.time(), "unit": "usecs", "log2_slots": delta}
+                    print(json.dumps(doc), flush=True)
+                else:
+                    stamp = time.strftime("%H:%M:%S\n") if args.timestamp else ""
+                    print(stamp + "\n".join(log2_lines(delta, "usecs")) + "\n", flush=True)
+            prev = cur
+
+        return _stream(args, args.interval, emit)
+
+
+class TcpRetrans(TraceTool):
+    name = "tcpretrans"
+    help = "retransmitted segments per connection and type, per interval (bcc tcpretrans -c)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-i", "--interval", type=float, default=1.0)
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        from ..agent import _tcp_sock
+        from ..probes import tcpflow
+
+        prev: dict[tuple[int, int], list[int]] = {}
+
+        def emit(feat: TcpHealth, agent: Any, first: bool) -> None:
+            nonlocal prev
+            cur: dict[tuple[int, int], list[int]] = {}
+            rows = []
+            if agent.last_tcp is not None:
+                keys, vals = agent.last_tcp
+                for i in np.flatnonzero(vals["retrans"].sum(axis=1)):
+                    v = vals[i]
+                    sid = (int(keys[i]), int(v["start_ns"]))
+                    cur[sid] = v["retrans"].tolist()
+                    rows.append((sid, v))
+            for ev in tcpflow.decode_events(agent.last_records.get("tcpflow") or []):
+                if int(ev["retrans"].sum()):
+                    rows.append(((int(ev["sk"]), int(ev["start_ns"])), ev))
+            if not first and not args.json and rows:
+                print(f"{'TIME':<8} {'PID':>7} {'COMM':<12} {'LADDR:LPORT':<22} "
+                      f"{'RADDR:RPORT':<22} {'TYPE':<8} COUNT")  # fmt: skip
+            for sid, v in rows:
+                before = prev.get(sid, [0] * tcpflow.RETRANS_TYPES)
+                now = v["retrans"].tolist()
+                s = _tcp_sock(v)
+                for name, a, b in zip(tcpflow.RETRANS_NAMES, before, now, strict=True):
+                    if first or b <= a:
+                        continue
+                    if args.json:
+                        doc = {"time": time.time(), "pid": s.tgid, "comm": s.comm}
+                        doc.update(laddr=s.laddr, lport=s.lport, raddr=s.raddr, rport=s.rport)
+                        doc.update(type=name, count=b - a)
+                        print(json.dumps(doc), flush=True)
+                    else:
+                        print(f"{time.strftime('%H:%M:%S')} {s.tgid:>7} {s.comm[:12]:<12} "
+                              f"{s.laddr}:{s.lport:<{21 - len(s.laddr)}} "
+                              f"{s.raddr}:{s.rport:<{21 - len(s.raddr)}} {name:<8} {b - a}",
+                              flush=True)  # fmt: skip
+            prev = cur
+
+        return _stream(args, args.interval, emit)
+
+
+class TcpReset(TraceTool):
+    name = "tcpreset"
+    help = "TCP resets sent and received per edge with the kernel's reason, per interval"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-i", "--interval", type=float, default=1.0)
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        from ..agent import HEALTH_RESETS_RECEIVED
+
+        prev: dict[tuple[Any, ...], int] = {}
+
+        def counts(agent: Any) -> dict[tuple[Any, ...], int]:
+            out: dict[tuple[Any, ...], int] = {}
+            for edge, t in agent.table.totals().items():
+                if edge.protocol != "tcp":
+                    continue
+                for (kind, reason), n in t.labeled.items():
+                    if kind == "reset_sent":
+                        out[(edge, "sent", reason)] = n
+                if t.health is not None and t.health[HEALTH_RESETS_RECEIVED]:
+                    out[(edge, "received", UNKNOWN)] = int(t.health[HEALTH_RESETS_RECEIVED])
+            return out
+
+        def emit(feat: TcpHealth, agent: Any, first: bool) -> None:
+            nonlocal prev
+            cur = counts(agent)
+            if first and not args.json:
+                print(f"{'TIME':<8} {'DIR':<8} {'REASON':<28} {'SOURCE':<20} {'DESTINATION':<24} N")
+            for (edge, direction, reason), n in sorted(cur.items(), key=str):
+                d = n - prev.get((edge, direction, reason), 0)
+                if first or d <= 0:
+                    continue
+                if args.json:
+                    doc = {"time": time.time(), "direction": direction, "reason": reason}
+                    doc.update(reporter=edge.reporter, source_workload=edge.source_workload)
+                    doc.update(destination_service=edge.destination_service, count=d)
+                    print(json.dumps(doc), flush=True)
+                else:
+                    src, svc = edge.source_workload[:20], edge.destination_service[:24]
+                    print(f"{time.strftime('%H:%M:%S')} {direction:<8} {reason[:28]:<28} "
+                          f"{src:<20} {svc:<24} {d}", flush=True)  # fmt: skip
+            prev = cur
 
         return _stream(args, args.interval, emit)
