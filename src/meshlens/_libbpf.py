@@ -76,8 +76,6 @@ _prog_name = _fn("bpf_program__name", _c.c_char_p, _vp)
 _prog_section = _fn("bpf_program__section_name", _c.c_char_p, _vp)
 _prog_fd = _fn("bpf_program__fd", _c.c_int, _vp)
 _prog_set_autoload = _fn("bpf_program__set_autoload", _c.c_int, _vp, _c.c_bool)
-_prog_set_log_buf = _fn("bpf_program__set_log_buf", _c.c_int, _vp, _c.c_char_p, _c.c_size_t)
-_prog_set_log_level = _fn("bpf_program__set_log_level", _c.c_int, _vp, _c.c_uint32)
 _prog_attach = _fn("bpf_program__attach", _vp, _vp)
 _prog_attach_cgroup = _fn("bpf_program__attach_cgroup", _vp, _vp, _c.c_int)
 _link_destroy = _fn("bpf_link__destroy", _c.c_int, _vp)
@@ -109,7 +107,7 @@ _PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCP
 
 # libbpf's own messages (warnings, verifier logs of failed loads) go here
 # rather than to stderr; callers show the tail when something fails.
-_log: collections.deque[str] = collections.deque(maxlen=400)
+_log: collections.deque[str] = collections.deque(maxlen=2000)
 _log_lock = threading.Lock()
 
 
@@ -214,8 +212,9 @@ class Program:
         self._ptr = ptr
         self.name: str = _prog_name(ptr).decode()
         self.section: str = _prog_section(ptr).decode()
-        self._log_buf = _c.create_string_buffer(1 << 20)
-        _prog_set_log_buf(ptr, self._log_buf, len(self._log_buf))
+        # No log buffer up front (1 MiB per program would be resident for
+        # nothing): on a failed load libbpf reloads with logging and prints the
+        # verifier's log through libbpf_set_print, which we keep.
 
     @property
     def fd(self) -> int:
@@ -225,8 +224,13 @@ class Program:
         _prog_set_autoload(self._ptr, on)
 
     def verifier_log(self, lines: int = 15) -> str:
-        text = self._log_buf.value.decode(errors="replace").strip()
-        return "\n".join(text.splitlines()[-lines:])
+        """The verifier's last lines for this program, from libbpf's messages."""
+        with _log_lock:
+            text = list(_log)
+        start = max((i for i, t in enumerate(text) if f"prog '{self.name}'" in t), default=-1)
+        if start < 0:
+            return ""
+        return "\n".join("\n".join(text[start:]).splitlines()[-lines:])
 
     def attach(self) -> Link:
         """Attach by section name (raw_tp/..., tracepoint/..., uprobe ...)."""

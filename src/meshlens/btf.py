@@ -12,6 +12,7 @@ import os
 import struct
 import sys
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -149,7 +150,20 @@ class Btf:
     def enum(self, name: str) -> dict[str, int]:
         """Enumerators of the ENUM/ENUM64 called ``name`` ("enum " prefix accepted)."""
         _, bare = _split_tag(name, {"enum": ENUM}, ())
-        for tid in self._names().get(bare, ()):
+        if self._by_name is not None:
+            candidates: Iterable[int] = self._by_name.get(bare, ())
+        else:
+            # Without the name index (a vmlinux is ~126k names, many MB of
+            # strings), compare the name bytes of the enums only.
+            want = bare.encode() + b"\0"
+            strs, w, offs = self._strs, self._w, self._offs
+            candidates = (
+                tid
+                for tid in range(1, len(offs))
+                if ((w[offs[tid] + 1] >> 24) & 0x1F) in (ENUM, ENUM64)
+                and strs[w[offs[tid]] : w[offs[tid]] + len(want)] == want
+            )
+        for tid in candidates:
             t = self._rec(tid)
             if t.kind in (ENUM, ENUM64):
                 return self._enum_values(t)

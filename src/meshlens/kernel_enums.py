@@ -9,25 +9,28 @@ import functools
 from .btf import Btf, BtfError
 from .system import BTF_PATH
 
+_WANTED = {"skb_drop_reason": "SKB_DROP_REASON_", "sk_rst_reason": "SK_RST_REASON_"}
+
 
 @functools.cache
-def _vmlinux() -> Btf | None:
+def _enums() -> dict[str, dict[int, str]]:
+    """Read the few enums we label with once, then let the 6 MB of BTF go."""
     try:
-        return Btf.from_file(BTF_PATH)
+        btf = Btf.from_file(BTF_PATH)
     except (OSError, BtfError):
-        return None
+        return {}
+    out = {}
+    for name, prefix in _WANTED.items():
+        try:
+            values = btf.enum(name)
+        except BtfError:
+            continue
+        out[name] = {v: k.removeprefix(prefix) for k, v in values.items() if not k.endswith("_MAX")}
+    return out
 
 
-@functools.cache
 def _enum(name: str, prefix: str) -> dict[int, str]:
-    btf = _vmlinux()
-    if btf is None:
-        return {}
-    try:
-        values = btf.enum(name)
-    except BtfError:
-        return {}
-    return {v: k.removeprefix(prefix) for k, v in values.items() if not k.endswith("_MAX")}
+    return _enums().get(name, {})
 
 
 def drop_reason(code: int) -> str:

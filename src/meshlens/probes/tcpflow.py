@@ -145,7 +145,7 @@ class TcpFlowProbe(Probe):
     layouts: tuple[Layout, ...] = (VALUE, EVENT, LISTEN_KEY, OWNER)
 
     def __init__(
-        self, max_flows: int = 65536, ringbuf_bytes: int = 8 << 20, trace_opens: bool = False
+        self, max_flows: int = 65536, ringbuf_bytes: int = 2 << 20, trace_opens: bool = False
     ) -> None:
         super().__init__()
         self.max_flows = max_flows

@@ -97,7 +97,7 @@ class UdpFlowProbe(CgroupProbe):
     layouts: tuple[Layout, ...] = (KEY, VALUE, OWNER, EVENT)
 
     def __init__(
-        self, max_flows: int = 65536, idle_seconds: float = 30.0, ringbuf_bytes: int = 2 << 20
+        self, max_flows: int = 65536, idle_seconds: float = 30.0, ringbuf_bytes: int = 512 << 10
     ) -> None:
         super().__init__()
         self.max_flows = max_flows
