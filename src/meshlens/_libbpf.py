@@ -226,11 +226,14 @@ class Program:
     def verifier_log(self, lines: int = 15) -> str:
         """The verifier's last lines for this program, from libbpf's messages."""
         with _log_lock:
-            text = list(_log)
-        start = max((i for i, t in enumerate(text) if f"prog '{self.name}'" in t), default=-1)
+            text = "\n".join(_log)
+        begin = f"prog '{self.name}': -- BEGIN PROG LOAD LOG --"
+        start = text.rfind(begin)
         if start < 0:
             return ""
-        return "\n".join("\n".join(text[start:]).splitlines()[-lines:])
+        body = text[start + len(begin) :]
+        body = body[: body.find("-- END PROG LOAD LOG --")] if "-- END" in body else body
+        return "\n".join(body.strip().splitlines()[-lines:])
 
     def attach(self) -> Link:
         """Attach by section name (raw_tp/..., tracepoint/..., uprobe ...)."""
