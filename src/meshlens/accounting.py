@@ -187,9 +187,9 @@ class Namer:
         return Edge("source", local, remote, service_name(host, s.raddr, s.rport), protocol)
 
 
-@dataclass
-class Flow:
-    """One socket's counters as the kernel reports them (own-socket directions)."""
+class Flow(NamedTuple):
+    """One socket's counters as the kernel reports them (own-socket directions).
+    A plain 4-tuple in the same order is accepted wherever a Flow is."""
 
     sent: int
     received: int
@@ -197,11 +197,12 @@ class Flow:
     recvs: int
 
 
-def _totals_for(edge: Edge, f: Flow) -> Totals:
+def _totals_for(edge: Edge, f: tuple[int, int, int, int]) -> Totals:
     # The source's socket sends requests; the destination's sends responses.
+    sent, received, sends, recvs = f
     if edge.reporter == "source":
-        return Totals(f.sent, f.received, f.sends, f.recvs)
-    return Totals(f.received, f.sent, f.recvs, f.sends)
+        return Totals(sent, received, sends, recvs)
+    return Totals(received, sent, recvs, sends)
 
 
 @dataclass
@@ -373,16 +374,18 @@ class FlowBook:
             rows.append(i)
             acc = live_sums.get(edge)
             if acc is None:
-                live_sums[edge] = [flow.sent, flow.received, flow.sends, flow.recvs]
+                live_sums[edge] = list(flow)
             else:
-                acc[0] += flow.sent
-                acc[1] += flow.received
-                acc[2] += flow.sends
-                acc[3] += flow.recvs
+                acc[0] += flow[0]
+                acc[1] += flow[1]
+                acc[2] += flow[2]
+                acc[3] += flow[3]
             if opened and sid not in self.opened:
                 self.opened.add(sid)
                 closed.setdefault(edge, Totals()).opened += 1
-        live_totals = {e: _totals_for(e, Flow(*acc)) for e, acc in live_sums.items()}
+        live_totals = {
+            e: _totals_for(e, (acc[0], acc[1], acc[2], acc[3])) for e, acc in live_sums.items()
+        }
         if live_health is not None and edges:
             # Health counters are copied into the final record, not taken, so a
             # closing entry still holds them: sum them with numpy, per edge.

@@ -270,15 +270,26 @@ def _tcp_sock(v: np.void) -> Sock:
 
 def _tcp_live(
     keys: np.ndarray, vals: np.ndarray
-) -> Iterator[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]:
+) -> Iterator[tuple[Hashable, Callable[[], Sock], tuple[int, int, int, int], bool, bool]]:
     # Columns as Python lists first: per-row numpy scalar access is slow at 100k rows.
-    names = ("start_ns", "bytes_sent", "bytes_received", "sends", "recvs")
-    cols = [vals[c].tolist() for c in names]
+    sids = zip(keys.tolist(), vals["start_ns"].tolist(), strict=True)
+    cols = ("bytes_sent", "bytes_received", "sends", "recvs")
+    flows = zip(*(vals[c].tolist() for c in cols), strict=True)
     opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
     closing = (vals["flags"] & int(tcpflow.Flag.CLOSING)).astype(bool).tolist()
-    rows = zip(keys.tolist(), *cols, opened, closing, strict=True)
-    for i, (sk, start, bs, br, ns, nr, op, cl) in enumerate(rows):
-        yield ((sk, start), (lambda i=i: _tcp_sock(vals[i])), Flow(bs, br, ns, nr), op, cl)
+    make = _RowSocks(vals)
+    for i, (sid, flow, op, cl) in enumerate(zip(sids, flows, opened, closing, strict=True)):
+        yield sid, make.at(i), flow, op, cl
+
+
+class _RowSocks:
+    """Sock-makers for rows of a flow array, decoded only when called."""
+
+    def __init__(self, vals: np.ndarray) -> None:
+        self.vals = vals
+
+    def at(self, i: int) -> Callable[[], Sock]:
+        return lambda: _tcp_sock(self.vals[i])
 
 
 # Health vector of a TCP socket, summed per edge (see TcpHealth in exporter.py):
