@@ -113,6 +113,7 @@ static __always_inline void fill_event_from_sock(struct tcpflow_event *e, const 
 	e->segs_in = BPF_CORE_READ(tp, segs_in);
 	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
 	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	e->shutdown = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown);
 }
 
 /* The flow's own copy of the tuple: by TCP_CLOSE the kernel may have released

@@ -110,8 +110,8 @@ struct tcpflow_event {
 	__u8 flags;
 	__u8 type;
 	__u8 oldstate;
-	__u16 __pad0;
-	__u32 error; /* connect result for TCPFLOW_EV_CONNECT*: 0 or the socket error */
+	__u16 shutdown; /* sk_shutdown at the record: RCV_SHUTDOWN (1) once a FIN came */
+	__u32 error;    /* connect result for TCPFLOW_EV_CONNECT*: 0 or the socket error */
 	__u32 retrans[TCPFLOW_RETRANS_TYPES];
 	__u32 resets_sent;
 	__u32 resets_received;

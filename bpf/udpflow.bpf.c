@@ -101,6 +101,19 @@ static int expire_cb(void *map, struct udpflow_key *k, struct udpflow_value *v)
 	return 0;
 }
 
+/* Set the expiry timer; under memory pressure bpf_timer_init fails and the
+ * next datagram of the flow tries again, so no flow stays forever. */
+static __always_inline void arm(struct udpflow_value *v)
+{
+	long err = bpf_timer_init(&v->timer, &udpflow_flows, CLOCK_MONOTONIC);
+
+	if (err && err != -16 /* EBUSY: initialised by an earlier try */)
+		return;
+	if (bpf_timer_set_callback(&v->timer, expire_cb) || bpf_timer_start(&v->timer, idle_ns, 0))
+		return;
+	v->armed = 1;
+}
+
 static __always_inline void owner_from_current(struct udpflow_owner *o)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -121,8 +134,19 @@ static __always_inline struct udpflow_value *flow_get(struct __sk_buff *skb,
 	struct udpflow_owner *o, cur;
 	long err;
 
-	if (v)
+	if (v) {
+		if (egress && !v->tgid) {
+			/* first seen on receive (a server): its reply names the owner */
+			owner_from_current(&cur);
+			v->netns = cur.netns;
+			v->cgroup_id = cur.cgroup_id;
+			v->pid = cur.pid;
+			__builtin_memcpy(v->comm, cur.comm, UDPFLOW_COMM_LEN);
+			v->tgid = cur.tgid;
+			bpf_map_update_elem(&udpflow_owners, &k->cookie, &cur, BPF_ANY);
+		}
 		return v;
+	}
 	if (egress) {
 		/* UDP is sent in the sender's own context */
 		owner_from_current(&cur);
@@ -153,9 +177,7 @@ static __always_inline struct udpflow_value *flow_get(struct __sk_buff *skb,
 	if (!v)
 		return 0;
 	stat_add(&udpflow_stats, UDPFLOW_STAT_LIVE, 1);
-	bpf_timer_init(&v->timer, &udpflow_flows, CLOCK_MONOTONIC);
-	bpf_timer_set_callback(&v->timer, expire_cb);
-	bpf_timer_start(&v->timer, idle_ns, 0);
+	arm(v);
 	return v;
 }
 
@@ -233,6 +255,8 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 	if (segs > 1) /* one UDP header for the whole GSO train */
 		len = (long)skb->len - (long)l4off - (long)sizeof(struct udphdr);
 	v->last_ns = bpf_ktime_get_ns();
+	if (!v->armed)
+		arm(v);
 	if (egress) {
 		__sync_fetch_and_add(&v->bytes_sent, len);
 		__sync_fetch_and_add(&v->datagrams_sent, segs);

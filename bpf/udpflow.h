@@ -49,8 +49,9 @@ struct udpflow_value {
 	__u64 cgroup_id;
 	__u32 tgid;
 	__u32 pid;
-	__u32 closing;
-	__u32 dir; /* UDPFLOW_DIR_*: who sent the first datagram */
+	__u16 closing;
+	__u16 armed; /* the expiry timer is set (bpf_timer_init can fail: -ENOMEM) */
+	__u32 dir;   /* UDPFLOW_DIR_*: who sent the first datagram */
 	char comm[UDPFLOW_COMM_LEN];
 };
 

@@ -91,6 +91,27 @@ class Totals:
             self.labeled[key] = self.labeled.get(key, 0) + n
 
 
+def _copy(t: Totals) -> Totals:
+    return Totals(
+        t.request_bytes, t.response_bytes, t.request_calls, t.response_calls, t.opened, t.closed,
+        None if t.health is None else t.health.copy(), dict(t.labeled),
+    )  # fmt: skip
+
+
+def _raise_to(t: Totals, floor: Totals) -> None:
+    t.request_bytes = max(t.request_bytes, floor.request_bytes)
+    t.response_bytes = max(t.response_bytes, floor.response_bytes)
+    t.request_calls = max(t.request_calls, floor.request_calls)
+    t.response_calls = max(t.response_calls, floor.response_calls)
+    t.opened = max(t.opened, floor.opened)
+    t.closed = max(t.closed, floor.closed)
+    if floor.health is not None:
+        t.health = floor.health.copy() if t.health is None else np.maximum(t.health, floor.health)
+    for key, n in floor.labeled.items():
+        if t.labeled.get(key, 0) < n:
+            t.labeled[key] = n
+
+
 def ip_text(family: int, raw: bytes) -> str:
     if family == 2:
         return str(ipaddress.IPv4Address(bytes(raw[:4])))
@@ -215,6 +236,7 @@ class EdgeTable:
     closed: dict[Edge, Totals] = field(default_factory=dict)
     live: dict[Edge, Totals] = field(default_factory=dict)
     _known: set[Edge] = field(default_factory=set)
+    _exported: dict[Edge, Totals] = field(default_factory=dict)
 
     def admit(self, edge: Edge) -> Edge:
         if edge in self._known:
@@ -231,6 +253,14 @@ class EdgeTable:
             for edge, t in src.items():
                 acc = out.setdefault(edge, Totals())
                 acc.add(t)
+        # Counters never go down, whatever a refresh saw: a socket's health
+        # counters leave the live sum when its entry is deleted and come back
+        # with its record, which may be a drain later.
+        for edge, t in out.items():
+            prev = self._exported.get(edge)
+            if prev is not None:
+                _raise_to(t, prev)
+        self._exported = {e: _copy(t) for e, t in out.items()}
         return out
 
 
@@ -261,6 +291,7 @@ class FlowBook:
         protocol: str,
         bind_after: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        lost_after: float = 10.0,
     ) -> None:
         self.namer = namer
         self.table = table
@@ -273,6 +304,9 @@ class FlowBook:
         self.first_seen: dict[Hashable, float] = {}
         self.opened: set[Hashable] = set()
         self.recent: dict[Hashable, tuple[Edge, float]] = {}  # closed sockets, for late bytes
+        self._deferred: list[Record] = []  # drained late, applied next refresh
+        self.missing: dict[Hashable, float] = {}  # bound, gone from the map, no record yet
+        self.lost_after = lost_after
         self.vanished = 0  # bound sockets gone without a record (lost; the kernel counts it)
 
     def _bind(self, sid: Hashable, sock: Sock, force: bool) -> Edge | None:
@@ -288,33 +322,14 @@ class FlowBook:
         self.first_seen.pop(sid, None)
         return edge
 
-    def update(
+    def _apply_records(
         self,
-        live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
-        records: Iterable[Record],
-        live_health: np.ndarray | None = None,
-        live_labeled: dict[int, dict[tuple[str, str], int]] | None = None,
+        records: list[Record],
+        made: dict[Hashable, Sock],
+        reported: set[Hashable],
+        now: float,
     ) -> None:
-        """live: (socket id, Sock-maker, Flow, opened, closing) per map entry, and
-        optionally each entry's health vector (rows in the same order) and labeled
-        counts (by row number)."""
-        now = self.clock()
         closed = self.table.closed
-        reported: set[Hashable] = set()  # sockets with a record in this drain
-        records = list(records)
-        live = list(live)
-        # Learn the local end of every new socket before naming any edge, so the
-        # two ends of a connection on this host name each other in one refresh.
-        made: dict[Hashable, Sock] = {}
-        for r in records:
-            if r.sid not in self.bound:
-                made[r.sid] = r.make()
-        for sid, make, _, _, closing in live:
-            if sid not in self.bound and not closing and sid not in made:
-                made[sid] = make()
-        for sock in made.values():
-            if sock.tgid or self.namer.identity.netns_name(sock.netns):
-                self.namer.learn(sock, self.namer.local(sock))
         for r in records:
             sid = r.sid
             entry = self.bound.get(sid)
@@ -342,7 +357,39 @@ class FlowBook:
                 t.closed += 1
             self.opened.discard(sid)
             self.bound.pop(sid, None)
+            self.missing.pop(sid, None)
             self.recent[r.late_key] = (edge, now)
+
+    def update(
+        self,
+        live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
+        records: Iterable[Record],
+        live_health: np.ndarray | None = None,
+        live_labeled: dict[int, dict[tuple[str, str], int]] | None = None,
+        redrain: Callable[[], list[Record]] | None = None,
+    ) -> None:
+        """live: (socket id, Sock-maker, Flow, opened, closing) per map entry, and
+        optionally each entry's health vector (rows in the same order) and labeled
+        counts (by row number)."""
+        now = self.clock()
+        closed = self.table.closed
+        reported: set[Hashable] = set()  # sockets with a record in this drain
+        records = self._deferred + list(records)
+        self._deferred = []
+        live = list(live)
+        # Learn the local end of every new socket before naming any edge, so the
+        # two ends of a connection on this host name each other in one refresh.
+        made: dict[Hashable, Sock] = {}
+        for r in records:
+            if r.sid not in self.bound:
+                made[r.sid] = r.make()
+        for sid, make, _, _, closing in live:
+            if sid not in self.bound and not closing and sid not in made:
+                made[sid] = make()
+        for sock in made.values():
+            if sock.tgid or self.namer.identity.netns_name(sock.netns):
+                self.namer.learn(sock, self.namer.local(sock))
+        self._apply_records(records, made, reported, now)
         live_sums: dict[Edge, list[int]] = {}  # own-socket directions, oriented below
         seen: set[Hashable] = set()
         rows: list[int] = []  # row -> index into `edges`, -1 when not counted live
@@ -397,14 +444,36 @@ class FlowBook:
         for row, counts in (live_labeled or {}).items():
             if row < len(rows) and rows[row] >= 0:
                 live_totals[edges[rows[row]]].add_labeled(counts)
-        self.table.live = _merge_live(self.table.live, live_totals, self.protocol)
-        # A bound socket gone without a record lost it to a full ring buffer (the
-        # kernel counts those): keep what we had counted of it.
+        # A bound socket gone from the map has its record in the ring buffer, but
+        # the reader stops at an earlier reservation another CPU has not committed
+        # yet: wait a moment for it (programs run for microseconds).
+        for _ in range(3):
+            if redrain is None or all(s in seen for s in self.bound):
+                break
+            time.sleep(0.002)
+            more = []
+            for r in redrain():
+                # Sockets counted live in this refresh take their records next time.
+                (self._deferred if r.sid in seen else more).append(r)
+            for r in more:
+                if r.sid not in self.bound and r.sid not in made:
+                    made[r.sid] = r.make()
+            self._apply_records(more, made, reported, now)
+        # Still none: a reservation made earlier on another CPU may hold it back
+        # longer (a preempted program), or the ring buffer was full and the
+        # kernel counted the loss. Keep counting what we had of it until its
+        # record comes; after lost_after seconds, take it as lost.
         for sid in [s for s in self.bound if s not in seen]:
-            edge, flow = self.bound.pop(sid)
+            since = self.missing.setdefault(sid, now)
+            edge, flow = self.bound[sid]
+            if now - since < self.lost_after:
+                live_totals.setdefault(edge, Totals()).add(_totals_for(edge, flow))
+                continue
+            del self.bound[sid], self.missing[sid]
             closed.setdefault(edge, Totals()).add(_totals_for(edge, flow))
             self.opened.discard(sid)
             self.vanished += 1
+        self.table.live = _merge_live(self.table.live, live_totals, self.protocol)
         for sid in [s for s in self.first_seen if now - self.first_seen[s] > 60]:
             del self.first_seen[sid]
         for key in [k for k, (_, t) in self.recent.items() if now - t > 30]:

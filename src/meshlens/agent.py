@@ -219,17 +219,29 @@ class Agent:
                 self.last_tcp = tcp_live
                 keys, vals = tcp_live
                 self.tcp_book.update(
-                    _tcp_live(keys, vals), _tcp_records(tcp_recs), *tcp_health(vals)
+                    _tcp_live(keys, vals),
+                    _tcp_records(tcp_recs),
+                    *tcp_health(vals),
+                    redrain=lambda: list(_tcp_records(self._redrain("tcpflow"))),
                 )
             if self.udp and udp_live is not None:
                 self.last_udp = udp_live
-                self.udp_book.update(_udp_live(*udp_live), _udp_records(udp_recs))
+                self.udp_book.update(
+                    _udp_live(*udp_live),
+                    _udp_records(udp_recs),
+                    redrain=lambda: list(_udp_records(self._redrain("udpflow"))),
+                )
             for feat in self.features:
                 feat.account()
             self._last_refresh = time.monotonic()
             self.self_stats.refreshes += 1
             self.self_stats.refresh_seconds += time.perf_counter() - t0
             return True
+
+    def _redrain(self, probe: str) -> list[bytes]:
+        with self._ring_lock:
+            self.rings.consume()
+            return self._take(probe)
 
     def _take(self, probe: str) -> list[bytes]:
         recs = self._pending[probe]
@@ -349,7 +361,9 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
             sk,
             (lambda e=e: _tcp_sock(e)),
             Flow(int(e["bytes_sent"]), int(e["bytes_received"]), int(e["sends"]), int(e["recvs"])),
-            bool(int(e["flags"]) & tcpflow.Flag.OPENED),
+            # a late record copies the flags too, but the close record already
+            # brought the opening
+            kind != "late" and bool(int(e["flags"]) & tcpflow.Flag.OPENED),
             kind,
             health[i],
             labeled,

@@ -25,6 +25,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # "crio-conmon-<id>.scope" / "libpod-conmon-<id>.scope" (the monitor) do not match.
 _CONTAINER_SCOPE = re.compile(r"(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope")
 _PROC_CGROUP_MAX = 64 * 1024  # a real /proc/<pid>/cgroup is well under 1 KiB
+_MIN_RESCAN = 0.1  # seconds between rescans for a namespace never seen before
 
 
 def container_id(cgroup_path: str) -> str | None:
@@ -99,6 +100,7 @@ class IdentityResolver:
         self._cgroups: dict[int, str] = {}
         self._cgroups_at: float | None = None
         self._addrs: dict[str, int] = {}
+        self._missed: set[int] = set()  # netns inodes we rescanned for once
         self._addrs_at: float | None = None
         # key -> (name, expiry); fallback answers expire so late-found names win.
         self._cache: OrderedDict[tuple[int, int, int, str | bytes], tuple[str, float]] = (
@@ -140,6 +142,8 @@ class IdentityResolver:
             except OSError:
                 continue
             found.setdefault(inum, name)  # several names for one netns: first sorted wins
+        if found.keys() - self._netns.keys():
+            self._addrs_at = None  # a new namespace: its addresses are news too
         self._netns = found
 
     def netns_name(self, netns_inum: int) -> str | None:
@@ -147,7 +151,18 @@ class IdentityResolver:
         if netns_inum == self.host_netns_inum():
             return None
         name = self._netns.get(netns_inum)
-        if name is None and self._due(self._netns_at):
+        # A namespace not seen before is rescanned for at once (it may have been
+        # named a moment ago); one already missed waits for the interval.
+        first_miss = (
+            name is None
+            and netns_inum not in self._missed
+            and (self._netns_at is None or self._clock() - self._netns_at >= _MIN_RESCAN)
+        )
+        if name is None and (first_miss or self._due(self._netns_at)):
+            if first_miss:
+                if len(self._missed) > 4096:
+                    self._missed.clear()
+                self._missed.add(netns_inum)
             self._scan_netns()
             name = self._netns.get(netns_inum)
         return name
@@ -295,7 +310,7 @@ class IdentityResolver:
         """Local non-loopback IP (text) -> inode of the netns owning it."""
         if force or self._due(self._addrs_at):
             self._refresh_addresses()
-        return dict(self._addrs)
+        return self._addrs  # read-only for callers: copying per lookup is too slow
 
     def owner_of(self, ip: str) -> str | None:
         """Name of the named netns holding ip, else None (host, foreign or invalid)."""

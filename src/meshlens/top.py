@@ -44,6 +44,7 @@ class FlowRates:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.prev: dict[object, tuple[int, int, int]] = {}
+        self.recent: dict[int, tuple[object, Sock]] = {}  # closed socket -> its row
 
     def _row(self, proto: str, sock: Sock) -> Row:
         wl = self.agent.namer.local(sock)
@@ -90,9 +91,18 @@ class FlowRates:
                 e = ev[i]
                 if int(e["type"]) not in (tcpflow.EventType.CLOSE, tcpflow.EventType.LATE):
                     continue
-                sid = ("t", int(e["sk"]), int(e["start_ns"]))
+                sk = int(e["sk"])
+                sid = ("t", sk, int(e["start_ns"]))
+                make: Any = lambda e=e: _tcp_sock(e)  # noqa: E731
+                if int(e["type"]) == tcpflow.EventType.CLOSE:
+                    self.recent[sk] = (sid, _tcp_sock(e))
+                elif sk in self.recent:
+                    # bytes read after the close: the closed flow's row, not a
+                    # stray one (the kernel already released the local port)
+                    sid, sock = self.recent[sk]
+                    make = lambda sock=sock: sock  # noqa: E731
                 counts = (int(e["bytes_received"]), int(e["bytes_sent"]), int(e["retrans"].sum()))
-                add(sid, "T", lambda e=e: _tcp_sock(e), counts, False, int(e["srtt_us"]))
+                add(sid, "T", make, counts, False, int(e["srtt_us"]))
         if a.last_udp is not None:
             keys, vals = a.last_udp
             for i in range(len(keys)):
@@ -101,6 +111,8 @@ class FlowRates:
                 counts = (int(v["bytes_received"]), int(v["bytes_sent"]), 0)
                 add(sid, "U", lambda k=k, v=v: _udp_sock(k, v), counts, True)
         self.prev = cur
+        if len(self.recent) > 65536:
+            self.recent.clear()
         return sorted(out.values(), key=lambda r: -(r.rx + r.tx))
 
 

@@ -50,12 +50,18 @@ def format_event(tool: str, e: np.void) -> dict[str, Any] | None:
     f = event_fields(e)
     if tool == "tcplife" and typ == tcpflow.EventType.CLOSE:
         start = int(e["start_ns"])
+        # TX is what the application wrote. RX: what it read, or -- when it
+        # reads after the close (a FIN came first) -- what TCP received, less
+        # the FIN's sequence number. bcc shows bytes_acked/bytes_received raw,
+        # which also count the SYN and FIN.
+        fin = 1 if int(e["shutdown"]) & 1 else 0
+        rx = max(int(e["bytes_received"]), int(e["tcp_bytes_received"]) - fin)
         f.update(
-            tx_bytes=int(e["bytes_acked"]),
-            rx_bytes=int(e["tcp_bytes_received"]),
+            tx_bytes=int(e["bytes_sent"]),
+            rx_bytes=rx,
+            kernel_bytes_acked=int(e["bytes_acked"]),
+            kernel_bytes_received=int(e["tcp_bytes_received"]),
             ms=(int(e["end_ns"]) - start) / 1e6 if start else None,
-            app_tx_bytes=int(e["bytes_sent"]),
-            app_rx_bytes=int(e["bytes_received"]),
             retrans=int(e["total_retrans"]),
             srtt_us=int(e["srtt_us"]),
         )
@@ -91,7 +97,7 @@ def render(tool: str, f: dict[str, Any]) -> str:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    probe = tcpflow.TcpFlowProbe(trace_opens=args.tool != "tcplife")
+    probe = tcpflow.TcpFlowProbe(trace_opens=args.tool != "tcplife", wake_each=True)
     try:
         probe.start()
     except Exception as exc:
@@ -112,6 +118,7 @@ def run_trace(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             rings.poll(100)
+            rings.consume()  # whatever came without a wake-up
             if not pending:
                 continue
             events = tcpflow.decode_events(pending)

@@ -496,3 +496,11 @@ def test_run_command_returns_stdout() -> None:
     assert run(["echo", "hi"]) == "hi\n"
     with pytest.raises(subprocess.CalledProcessError):
         run(["false"])
+
+
+def test_new_netns_found_at_first_miss_after_a_short_pause(tree: Tree) -> None:
+    r = tree.resolver()
+    assert r.netns_name(999_999_999) is None  # scans
+    fresh = tree.add_netns("fresh")
+    tree.clock.now += 0.2  # well inside the 5 s interval
+    assert r.netns_name(fresh) == "fresh"  # a namespace never seen: rescanned at once

@@ -77,6 +77,9 @@ class Probe:
     def configure(self) -> None:
         """Set globals and map sizes between open and load."""
 
+    def loaded(self) -> None:
+        """Between load and attach: fill maps the programs read from the start."""
+
     def attach(self) -> None:
         assert self.obj
         for prog in self.obj.programs.values():
@@ -89,6 +92,7 @@ class Probe:
             self.configure()
             assert self.obj
             self.obj.load()
+            self.loaded()
             self.attach()
         except Exception as exc:
             self.close()

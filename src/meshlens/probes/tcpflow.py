@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .._libbpf import BPF_NOEXIST
 from ..layout import Layout, layout
 from .base import Probe
 
@@ -109,7 +111,7 @@ EVENT = layout(
     ("flags", "u8"),
     ("type", "u8"),
     ("oldstate", "u8"),
-    ("__pad0", "u16"),
+    ("shutdown", "u16"),
     ("error", "u32"),
     ("retrans", f"u32[{RETRANS_TYPES}]"),
     ("resets_sent", "u32"),
@@ -145,20 +147,56 @@ class TcpFlowProbe(Probe):
     layouts: tuple[Layout, ...] = (VALUE, EVENT, LISTEN_KEY, OWNER)
 
     def __init__(
-        self, max_flows: int = 65536, ringbuf_bytes: int = 2 << 20, trace_opens: bool = False
+        self,
+        max_flows: int = 65536,
+        ringbuf_bytes: int = 2 << 20,
+        trace_opens: bool = False,
+        wake_each: bool = False,
+        seed: bool = True,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.max_flows = max_flows
         self.ringbuf_bytes = ringbuf_bytes
         self.trace_opens = trace_opens
+        self.wake_each = wake_each or trace_opens
 
     def configure(self) -> None:
         assert self.obj
         self.obj.maps[FLOWS_MAP].set_max_entries(self.max_flows)
         self.obj.maps[EVENTS_MAP].set_max_entries(self.ringbuf_bytes)
         self.set_global("emit_opens", int(self.trace_opens))
-        # Trace mode wants each event now; the agent wants few wake-ups.
-        self.set_global("wakeup_bytes", 0 if self.trace_opens else self.ringbuf_bytes // 8)
+        # A trace wants each record now; the agent wants few wake-ups.
+        self.set_global("wakeup_bytes", 0 if self.wake_each else self.ringbuf_bytes // 8)
+
+    def loaded(self) -> None:
+        # Before attach, so a connection accepted right after start is named.
+        if self.seed:
+            from ..proc_sockets import listening_sockets
+            from .base import cgroup2_root
+
+            try:
+                root = cgroup2_root()
+            except FileNotFoundError:
+                root = "/sys/fs/cgroup"
+            self.seed_listeners(listening_sockets(cgroup_root=root))
+
+    def seed_listeners(self, listeners: list[Any]) -> int:
+        """Record the owners of sockets that were listening before we loaded, so
+        their accepted connections are named from the start. The kernel's own
+        entries (a listen() seen live) win."""
+        m = self.map(LISTENERS_MAP)
+        added = 0
+        for lst in listeners:
+            key = LISTEN_KEY.encode(netns=lst.netns, port=lst.port)
+            comm = lst.comm.encode()[:15]
+            value = OWNER.encode(cgroup_id=lst.cgroup_id, tgid=lst.tgid, pid=lst.tgid, comm=comm)
+            try:
+                m.update(key, value, BPF_NOEXIST)
+                added += 1
+            except OSError:
+                pass  # already known, or the map is full (counted by the kernel)
+        return added
 
     def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
         """All live flows as (socket keys, values) arrays, in one batch read."""

@@ -61,7 +61,8 @@ VALUE = layout(
     ("cgroup_id", "u64"),
     ("tgid", "u32"),
     ("pid", "u32"),
-    ("closing", "u32"),
+    ("closing", "u16"),
+    ("armed", "u16"),
     ("dir", "u32"),
     ("comm", "char[16]"),
 )

@@ -1,0 +1,97 @@
+"""`meshlens run` as a process: serves /metrics, attaches fast, and leaves no program
+or link behind when stopped by SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from kernel_helpers import (
+    MESHLENS,
+    all_link_ids,
+    all_prog_ids,
+    bpf_fds_of,
+    bpf_objects_of,
+    free_port,
+    our_prog_ids,
+    read_line,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+SERVING = re.compile(
+    rb"serving http://127\.0\.0\.1:(\d+)/metrics \(probes: ([a-z0-9_, ]+); "
+    rb"attached in ([0-9.]+) s\)"
+)
+# tcpflow_send/_recv/_state and udpflow_egress/_ingress at least
+MIN_PROGRAMS = 5
+
+
+def get(url: str) -> str:
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        return str(resp.read().decode())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_serves_and_detaches_on_signal(sig: signal.Signals) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*MESHLENS, "run", "--listen", f"127.0.0.1:{port}", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        line = read_line(proc, timeout=20)
+        m = SERVING.search(line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else b"")  # type: ignore[union-attr]
+        assert int(m.group(1)) == port
+        assert {"tcpflow", "udpflow"} <= set(m.group(2).decode().split(", ")), line
+        assert float(m.group(3)) <= 1.0, "startup to all probes attached must take <= 1 s"
+
+        ours, links = bpf_fds_of(proc.pid)  # every program and link of this process
+        assert len(ours & our_prog_ids()) >= MIN_PROGRAMS, ours  # tcpflow_*, udpflow_*
+        assert len(links) >= MIN_PROGRAMS and links <= all_link_ids(), links
+
+        body = get(f"http://127.0.0.1:{port}/metrics")
+        assert "istio_tcp_connections_opened_total" in body
+        assert "meshlens_bpf_program_runs_total" in body
+        assert 'meshlens_probe_up{probe="tcpflow"} 1.0' in body
+        assert 'meshlens_probe_up{probe="udpflow"} 1.0' in body
+
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=5)
+        assert time.monotonic() - t0 <= 5
+        assert rc == 0, proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    assert b"stopped; all programs detached" in out
+    # The kernel frees programs and links once their last reference is gone.
+    assert wait_for(lambda: not (all_prog_ids() & ours), 2.0), all_prog_ids() & ours
+    assert not (our_prog_ids() & ours)
+    assert wait_for(lambda: not (all_link_ids() & links), 2.0), all_link_ids() & links
+
+
+def test_agent_stop_releases_every_program_link_and_map(make_agent: Any) -> None:
+    """In process: Agent.stop() closes everything start() opened (and is idempotent)."""
+    before = bpf_objects_of(os.getpid())
+    agent = make_agent()
+    during = bpf_objects_of(os.getpid())
+    progs, links, maps = (now - old for now, old in zip(during, before, strict=True))
+    assert len(progs) >= MIN_PROGRAMS and len(links) >= MIN_PROGRAMS and maps, (progs, links)
+    agent.stop()
+    assert bpf_objects_of(os.getpid()) == before
+    assert wait_for(lambda: not (our_prog_ids() & progs), 2.0)
+    agent.stop()  # the fixture stops it again: harmless

@@ -1,0 +1,44 @@
+"""Struct mirrors against the built objects, and the bpf_prog_info prefix the libbpf
+binding reads against the running kernel's BTF."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from meshlens import _libbpf
+from meshlens.btf import Btf
+from meshlens.layout import Layout
+from meshlens.probes import tcpflow, udpflow
+from meshlens.probes.base import Probe, objects_dir
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+VMLINUX = Path("/sys/kernel/btf/vmlinux")
+PROBES = [(tcpflow, tcpflow.TcpFlowProbe), (udpflow, udpflow.UdpFlowProbe)]
+
+
+@pytest.mark.parametrize(("module", "probe"), PROBES, ids=["tcpflow", "udpflow"])
+def test_every_layout_matches_the_object(module: object, probe: type[Probe]) -> None:
+    btf = Btf.from_file(objects_dir() / f"{probe.name}.bpf.o")
+    layouts = [v for v in vars(module).values() if isinstance(v, Layout)]
+    assert layouts
+    assert set(probe.layouts) == set(layouts)  # the probe checks every one at load
+    for lay in layouts:
+        lay.check(btf)
+        assert btf.struct(lay.c_name).size == lay.size, lay.c_name
+
+
+def test_prog_info_offsets_match_the_running_kernel() -> None:
+    info = Btf.from_file(VMLINUX).struct("bpf_prog_info")
+    members = {m.name: m.offset for m in info.members}
+    assert {"id", "name", "run_time_ns", "run_cnt"} <= set(_libbpf.PROG_INFO_OFFSETS)
+    assert {k: members[k] for k in _libbpf.PROG_INFO_OFFSETS} == _libbpf.PROG_INFO_OFFSETS
+    # every other named field of the ctypes mirror sits where the kernel has it
+    mirror = _libbpf._ProgInfo
+    for name, _ in mirror._fields_:
+        if name in members:
+            assert getattr(mirror, name).offset == members[name], name
+    assert ctypes.sizeof(mirror) <= info.size  # a prefix: the kernel fills what we ask

@@ -1,0 +1,337 @@
+"""TCP accounting is exact: loadgen's ground truth between two lab hosts equals the
+agent's per-edge totals, for both reporters, in the table and in the exposition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from kernel_helpers import (
+    client_argv,
+    edges_for,
+    edges_mentioning,
+    run_client,
+    sample,
+    scrape,
+    start_server,
+    summary,
+    wait_for,
+)
+
+from meshlens.accounting import Edge, Totals, ip_text
+from meshlens.agent import Agent, _tcp_live, _tcp_records
+from meshlens.lab import Host, Lab
+from meshlens.loadgen import read_json_line, stop_server
+from meshlens.probes import tcpflow
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+UP, DOWN = 7919, 104729  # request and reply bytes per connection (primes)
+
+
+def expect(cli: dict[str, Any], srv: dict[str, Any], opened: int, closed: int) -> dict[str, int]:
+    assert cli["bytes_sent"] == srv["bytes_received"]
+    assert cli["bytes_received"] == srv["bytes_sent"]
+    return {
+        "request_bytes": cli["bytes_sent"],
+        "response_bytes": srv["bytes_sent"],
+        "opened": opened,
+        "closed": closed,
+    }
+
+
+def settled(
+    agent: Agent, src: str, dst: str, want: dict[str, int], timeout: float = 10.0
+) -> dict[str, tuple[Edge, Totals]]:
+    """Refresh until both reporters' totals equal `want` (server sockets reach
+    TCP_CLOSE a little after the processes are done), then the edges."""
+
+    def both() -> dict[str, tuple[Edge, Totals]] | None:
+        got = edges_for(agent, src, dst, "tcp")
+        ok = set(got) == {"source", "destination"} and all(
+            summary(t) == want for _, t in got.values()
+        )
+        return got if ok else None
+
+    got = wait_for(both, timeout, 0.1) or edges_for(agent, src, dst, "tcp")
+    related = [(e, summary(t)) for e, t in edges_mentioning(agent, (src, dst))]
+    assert {r: summary(t) for r, (_, t) in got.items()} == {
+        "source": want,
+        "destination": want,
+    }, related
+    return got
+
+
+def assert_exposition(agent: Agent, src: str, dst: str, want: dict[str, int]) -> None:
+    samples = scrape(agent)
+    for reporter in ("source", "destination"):
+        labels = {
+            "reporter": reporter,
+            "source_workload": src,
+            "destination_workload": dst,
+            "request_protocol": "tcp",
+        }
+        got = {
+            "request_bytes": sample(samples, "istio_tcp_received_bytes_total", **labels),
+            "response_bytes": sample(samples, "istio_tcp_sent_bytes_total", **labels),
+            "opened": sample(samples, "istio_tcp_connections_opened_total", **labels),
+            "closed": sample(samples, "istio_tcp_connections_closed_total", **labels),
+        }
+        assert got == want, reporter
+
+
+def test_tcp_many_short_connections_exact(agent: Agent, lab: Lab) -> None:
+    n = 1000
+    client, server = lab.hosts
+    proc, port = start_server(server, "tcp", server.addr, "--reply-bytes", str(DOWN))
+    t0 = time.monotonic()
+    cli = run_client(
+        client, "tcp", server.addr, port, "--connections", str(n), "--concurrency", "200",
+        "--send-bytes", str(UP), "--expect-reply-bytes", str(DOWN), "--timeout", "30",
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    srv = stop_server(proc)
+    assert cli["connections"] == n and cli["failed"] == 0 and srv["errors"] == 0, (cli, srv)
+    assert elapsed < 30
+    want = expect(cli, srv, n, n)
+    assert want["request_bytes"] == n * UP and want["response_bytes"] == n * DOWN
+
+    got = settled(agent, client.name, server.name, want)
+    for edge, _ in got.values():
+        assert edge.destination_service == f"{server.name}:{port}"
+    # Nothing of this traffic went to another edge (e.g. an unnamed peer).
+    ours = {edge for edge, _ in got.values()}
+    needles = (client.name, server.name, client.addr, server.addr)
+    assert [e for e, _ in edges_mentioning(agent, needles) if e not in ours] == []
+
+    # Closed connections count once, however often the agent refreshes.
+    before = {e: summary(t) for e, t in agent.table.totals().items() if e in ours}
+    for _ in range(5):
+        agent.refresh(force=True)
+        time.sleep(0.02)
+    assert {e: summary(t) for e, t in agent.table.totals().items() if e in ours} == before
+
+    assert_exposition(agent, client.name, server.name, want)
+
+    # The kernel deleted the entries of all these sockets: nothing leaks in the map.
+    assert live_entries(agent, lab) == 0
+
+
+def live_entries(agent: Agent, lab: Lab) -> int:
+    """tcpflow entries of sockets in the lab's network namespaces."""
+    inodes = [os.stat(f"/run/netns/{h.name}").st_ino for h in lab.hosts]
+    _, vals = agent.tcp.read_flows()  # type: ignore[union-attr]
+    return int(np.isin(vals["netns"], inodes).sum()) if len(vals) else 0
+
+
+def established(host: Host, port: int) -> int:
+    """Established sockets with local port `port` in the host's netns."""
+    out = host.run("ss", "-tnH", "state", "established", f"( sport = :{port} )").stdout
+    return len(out.splitlines())
+
+
+def hold_open(
+    client: Host, server: Host, dest: str, n: int, up: int, down: int, hold: float
+) -> tuple[subprocess.Popen[Any], int, subprocess.Popen[Any]]:
+    """n connections that exchange up/down bytes and then stay open `hold` seconds;
+    returns once all n are established at the server: (server, port, client)."""
+    proc, port = start_server(
+        server, "tcp", dest, "--reply-bytes", str(down), "--request-bytes", str(up)
+    )
+    cproc = client.popen(
+        *client_argv(
+            client, "tcp", dest, port, "--connections", str(n), "--concurrency", str(n),
+            "--send-bytes", str(up), "--expect-reply-bytes", str(down),
+            "--hold-seconds", str(hold),
+        ),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert wait_for(lambda: established(server, port) == n, 10.0), established(server, port)
+    return proc, port, cproc
+
+
+def test_tcp_long_lived_connections_exact_while_open(agent: Agent, lab: Lab) -> None:
+    n, up, down, hold = 23, 1009, 30011, 4.0
+    client, server = lab.hosts
+    proc, port, cproc = hold_open(client, server, server.addr, n, up, down, hold)
+    open_want = {"request_bytes": n * up, "response_bytes": n * down, "opened": n, "closed": 0}
+
+    def all_exchanged() -> bool:
+        got = edges_for(agent, client.name, server.name, "tcp")
+        return set(got) == {"source", "destination"} and all(
+            summary(t) == open_want for _, t in got.values()
+        )
+
+    # While every connection is still open, the counters are already exact.
+    assert wait_for(all_exchanged, hold * 0.6, 0.05), edges_for(
+        agent, client.name, server.name, "tcp"
+    )
+    assert established(server, port) == n, "connections closed before the check: raise hold"
+    assert live_entries(agent, lab) == 2 * n  # one per socket, both ends
+    assert_exposition(agent, client.name, server.name, open_want)
+
+    cli = read_json_line(cproc, timeout=30)
+    cproc.wait(timeout=10)
+    srv = stop_server(proc)
+    assert cli["connections"] == n and cli["failed"] == 0, cli
+    want = expect(cli, srv, n, n)
+    assert {k: want[k] for k in ("request_bytes", "response_bytes")} == {
+        "request_bytes": n * up,
+        "response_bytes": n * down,
+    }
+    settled(agent, client.name, server.name, want)
+    assert_exposition(agent, client.name, server.name, want)
+    assert live_entries(agent, lab) == 0
+
+
+def ipv6_exchange(lab6: Lab, n: int) -> tuple[int, dict[str, int]]:
+    client, server = lab6.hosts
+    assert server.addr6
+    proc, port = start_server(server, "tcp", server.addr6, "--reply-bytes", str(DOWN))
+    cli = run_client(
+        client, "tcp", server.addr6, port, "--connections", str(n), "--concurrency", "40",
+        "--send-bytes", str(UP), "--expect-reply-bytes", str(DOWN),
+    )  # fmt: skip
+    srv = stop_server(proc)
+    assert cli["connections"] == n and cli["failed"] == 0, cli
+    return port, expect(cli, srv, n, n)
+
+
+def test_tcp_ipv6_exact_bytes(agent: Agent, lab6: Lab) -> None:
+    """Every byte and connection over IPv6 is counted once per reporter (summed
+    over this service's edges, whatever their names)."""
+    n = 120
+    port, want = ipv6_exchange(lab6, n)
+    names = {h.name for h in lab6.hosts}
+
+    def per_reporter() -> dict[str, dict[str, int]]:
+        agent.refresh(force=True)
+        out: dict[str, Totals] = {}
+        for e, t in agent.table.totals().items():
+            mine = {e.source_workload, e.destination_workload} & names
+            if e.protocol == "tcp" and e.destination_service.endswith(f":{port}") and mine:
+                out.setdefault(e.reporter, Totals()).add(t)
+        return {r: summary(t) for r, t in out.items()}
+
+    both = {"source": want, "destination": want}
+    assert wait_for(lambda: per_reporter() == both, 5.0, 0.1) or per_reporter() == both
+
+
+def test_tcp_ipv6_edges_named(agent: Agent, lab6: Lab) -> None:
+    port, want = ipv6_exchange(lab6, 60)
+    client, server = lab6.hosts
+    got = settled(agent, client.name, server.name, want)
+    assert {e.destination_service for e, _ in got.values()} == {f"{server.name}:{port}"}
+    assert_exposition(agent, client.name, server.name, want)
+
+
+def test_tcp_ipv6_addresses_in_flow_entries(agent: Agent, lab6: Lab) -> None:
+    """While a connection is open, both kernel entries hold the full addresses."""
+    client, server = lab6.hosts
+    assert client.addr6 and server.addr6
+    proc, port, cproc = hold_open(client, server, server.addr6, 1, 13, 11, 2.0)
+    inodes = {os.stat(f"/run/netns/{h.name}").st_ino for h in lab6.hosts}
+
+    def entries() -> set[tuple[str, int, str, int]]:
+        _, vals = agent.tcp.read_flows()  # type: ignore[union-attr]
+        return {
+            (
+                ip_text(int(v["family"]), bytes(v["laddr"])),
+                int(v["lport"]),
+                ip_text(int(v["family"]), bytes(v["raddr"])),
+                int(v["rport"]),
+            )
+            for v in vals
+            if int(v["netns"]) in inodes and port in (int(v["lport"]), int(v["rport"]))
+        }
+
+    got = wait_for(lambda: len(entries()) == 2 and entries(), 1.0) or entries()
+    read_json_line(cproc, timeout=10)
+    stop_server(proc)
+    assert len(got) == 2, got
+    cport = next(lp for la, lp, ra, rp in got if rp == port)
+    assert got == {
+        (client.addr6, cport, server.addr6, port),
+        (server.addr6, port, client.addr6, cport),
+    }
+
+
+def test_tcp_loopback_inside_a_named_netns(agent: Agent) -> None:
+    """Both ends on 127.0.0.1 of one lab host: both workloads are the netns name,
+    for every connection (held open so the agent binds them from its map read, in
+    the map's order)."""
+    n, up, down = 20, 1009, 30011
+    with Lab(1) as lab:
+        host = lab.hosts[0]
+        proc, _, cproc = hold_open(host, host, "127.0.0.1", n, up, down, 4.0)
+        want = {"request_bytes": n * up, "response_bytes": n * down, "opened": n, "closed": 0}
+        settled(agent, host.name, host.name, want, timeout=2.5)
+        cli = read_json_line(cproc, timeout=30)
+        srv = stop_server(proc)
+        settled(agent, host.name, host.name, expect(cli, srv, n, n))
+
+
+def test_agent_started_after_the_listener(make_agent: Any, lab: Lab) -> None:
+    """A server listening before the agent starts: its accepted sockets still get
+    the server's workload and every byte."""
+    client, server = lab.hosts
+    proc, port = start_server(server, "tcp", server.addr, "--reply-bytes", str(DOWN))
+    agent = make_agent()
+    cli = run_client(
+        client, "tcp", server.addr, port, "--connections", "50", "--concurrency", "10",
+        "--send-bytes", str(UP), "--expect-reply-bytes", str(DOWN),
+    )  # fmt: skip
+    srv = stop_server(proc)
+    settled(agent, client.name, server.name, expect(cli, srv, 50, 50))
+
+
+# -- the agent's side of kernel records, fed exactly what the kernel would produce ----
+
+SK, START = 0xFFFF888012345678, 123456789
+SOCK = {
+    "start_ns": START, "netns": 1, "tgid": 4242, "pid": 4242, "family": 2,
+    "laddr": bytes([10, 0, 0, 1]), "raddr": bytes([10, 0, 0, 2]),
+    "lport": 40000, "rport": 8080, "dir": tcpflow.Dir.ACTIVE, "comm": b"client",
+}  # fmt: skip
+OPEN = int(tcpflow.Flag.OPENED)
+
+
+def record(type: int, flags: int, **counters: int) -> bytes:
+    return tcpflow.EVENT.encode(sk=SK, **SOCK, type=type, flags=flags, **counters)
+
+
+def live(flags: int, **counters: int) -> Any:
+    vals = tcpflow.VALUE.decode_many(tcpflow.VALUE.encode(**SOCK, flags=flags, **counters), 1)
+    return _tcp_live(np.array([SK], dtype=tcpflow.KEY_DTYPE), vals)
+
+
+def edge_8080(agent: Agent) -> tuple[int, int, int, int]:
+    t = [t for e, t in agent.table.totals().items() if e.destination_service.endswith(":8080")]
+    assert len(t) == 1, t
+    return t[0].request_bytes, t[0].response_bytes, t[0].opened, t[0].closed
+
+
+def test_late_record_after_close_does_not_count_a_second_open(agent: Agent) -> None:
+    """The kernel's CLOSING path (an adder that races flow_close) reports its bytes
+    in a LATE record built from the flow value, flags included."""
+    closing = OPEN | int(tcpflow.Flag.CLOSING)
+    close = record(tcpflow.EventType.CLOSE, closing, bytes_sent=1000, bytes_received=2000)
+    late = record(tcpflow.EventType.LATE, closing, bytes_received=7, recvs=1)
+    agent.tcp_book.update(iter(()), _tcp_records([close]))
+    agent.tcp_book.update(iter(()), _tcp_records([late]))
+    assert edge_8080(agent) == (1000, 2007, 1, 1)
+
+
+def test_record_one_refresh_after_its_entry_vanished_counts_once(agent: Agent) -> None:
+    agent.tcp_book.update(live(OPEN, bytes_sent=900, bytes_received=1800), iter(()))
+    assert edge_8080(agent) == (900, 1800, 1, 0)
+    # refresh: the entry is gone (closed, deleted), its record not readable yet
+    agent.tcp_book.update(iter(()), iter(()))
+    # next refresh: the record
+    close = record(tcpflow.EventType.CLOSE, OPEN, bytes_sent=1000, bytes_received=2000)
+    agent.tcp_book.update(iter(()), _tcp_records([close]))
+    assert edge_8080(agent) == (1000, 2000, 1, 1)
