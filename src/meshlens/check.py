@@ -68,12 +68,26 @@ def _tracepoint(name: str) -> Callable[[], tuple[State, str]]:
     return check
 
 
+def _probe_classes() -> dict[str, type]:
+    """Every probe in meshlens.probes, by name."""
+    import importlib
+    import pkgutil
+
+    from . import probes
+    from .probes.base import Probe
+
+    found: dict[str, type] = {}
+    for info in pkgutil.iter_modules(probes.__path__):
+        mod = importlib.import_module(f"{probes.__name__}.{info.name}")
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, Probe) and obj.name:
+                found.setdefault(obj.name, obj)
+    return found
+
+
 def _probe_loads(name: str) -> Callable[[], tuple[State, str]]:
     def check() -> tuple[State, str]:
-        from .probes.tcpflow import TcpFlowProbe
-        from .probes.udpflow import UdpFlowProbe
-
-        probe = {"tcpflow": TcpFlowProbe, "udpflow": UdpFlowProbe}[name]()
+        probe = _probe_classes()[name]()
         try:
             probe.start()
         except Exception as exc:
@@ -144,14 +158,22 @@ CHECKS: list[tuple[str, Callable[[], tuple[State, str]], bool]] = [
     ("raw_tp kfree_skb", _tracepoint("kfree_skb"), False),
     ("bpf run-time stats", _bpf_stats, False),
     ("kprobes (not used)", _kconfig("CONFIG_KPROBES", "meshlens uses tracepoints instead"), False),
-    ("probe tcpflow", _probe_loads("tcpflow"), True),
-    ("probe udpflow", _probe_loads("udpflow"), False),
+    ("raw_tp tcp_probe", _tracepoint("tcp_probe"), False),
+    ("raw_tp tcp_send_reset", _tracepoint("tcp_send_reset"), False),
 ]
+
+
+def _all_checks() -> list[tuple[str, Callable[[], tuple[State, str]], bool]]:
+    probes = [
+        (f"probe {name}", _probe_loads(name), name == "tcpflow")
+        for name in sorted(_probe_classes())
+    ]
+    return CHECKS + probes
 
 
 def run_checks() -> list[Result]:
     results = []
-    for name, fn, required in CHECKS:
+    for name, fn, required in _all_checks():
         try:
             state, detail = fn()
         except Exception as exc:  # a check must report, never crash the command
