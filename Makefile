@@ -11,7 +11,7 @@ BPF_SRCS := $(wildcard bpf/*.bpf.c)
 BPF_OBJS := $(patsubst bpf/%.bpf.c,$(OBJDIR)/%.bpf.o,$(BPF_SRCS))
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 APT_PKGS := clang llvm libbpf-dev libbpf1 bpftool iproute2 nftables make
-TEST_APT_PKGS := nginx-light dnsmasq-base redis-server wrk curl iputils-ping
+TEST_APT_PKGS := nginx-light dnsmasq-base redis-server wrk curl iputils-ping openssl
 CFLAGS_BPF := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf \
 	-mcpu=v3 -Wall -Werror -Wno-unused-function
 
@@ -33,7 +33,7 @@ test-deps: deps
 $(VPY): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev,bench]'
 	@touch $(VPY)
 
 venv: $(VPY)

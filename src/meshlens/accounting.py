@@ -171,7 +171,7 @@ class Namer:
         hit = self.endpoints.get((self._scope(netns, ip), ip, port))
         if hit:
             return hit
-        owner_ns = netns if is_loopback(ip) else self.identity.addresses().get(ip)
+        owner_ns = netns if is_loopback(ip) else self.identity.netns_of(ip)
         if owner_ns is not None:
             hit = self.listeners.get((owner_ns, port))
             if hit:

@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", help="which hooks and features work on this kernel")
     chk.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="eBPF vs Envoy sidecars on a microservice shop")
+    from .bench.cli import add_arguments as bench_arguments
+
+    bench_arguments(bench)
     return p
 
 
@@ -132,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .check import run_check
 
         return run_check(json_out=args.json)
+    if args.command == "bench":
+        from .bench.cli import run as run_bench
+
+        return int(run_bench(args))
     err = _preflight()
     if err:
         print(f"meshlens: {err}", file=sys.stderr)

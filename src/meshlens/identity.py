@@ -101,6 +101,7 @@ class IdentityResolver:
         self._cgroups_at: float | None = None
         self._addrs: dict[str, int] = {}
         self._missed: set[int] = set()  # netns inodes we rescanned for once
+        self._miss_interval = max(refresh_interval, 30.0)
         self._addrs_at: float | None = None
         # key -> (name, expiry); fallback answers expire so late-found names win.
         self._cache: OrderedDict[tuple[int, int, int, str | bytes], tuple[str, float]] = (
@@ -293,8 +294,8 @@ class IdentityResolver:
         return out
 
     def _refresh_addresses(self) -> None:
-        self._addrs_at = self._clock()
         self._scan_netns()
+        self._addrs_at = self._clock()
         host = self.host_netns_inum()
         jobs = [(["ip", "-j", "addr", "show"], host)]
         for inum, name in sorted(self._netns.items(), key=lambda kv: kv[1]):
@@ -312,15 +313,27 @@ class IdentityResolver:
             self._refresh_addresses()
         return self._addrs  # read-only for callers: copying per lookup is too slow
 
-    def owner_of(self, ip: str) -> str | None:
-        """Name of the named netns holding ip, else None (host, foreign or invalid)."""
+    def netns_of(self, ip: str) -> int | None:
+        """Inode of the netns that owns ip, or None (not local, or invalid).
+
+        Addresses are read again only on a miss, at most every miss_interval
+        seconds, or at once when a new namespace appeared: each read runs `ip`
+        once per namespace, too dear to do on a timer with many namespaces."""
         try:
             text = str(ipaddress.ip_address(ip))
         except ValueError:
             return None
-        if self._due(self._addrs_at):
-            self._refresh_addresses()
         inum = self._addrs.get(text)
+        if inum is None and (
+            self._addrs_at is None or self._clock() - self._addrs_at >= self._miss_interval
+        ):
+            self._refresh_addresses()
+            inum = self._addrs.get(text)
+        return inum
+
+    def owner_of(self, ip: str) -> str | None:
+        """Name of the named netns holding ip, else None (host, foreign or invalid)."""
+        inum = self.netns_of(ip)
         if inum is None or inum == self.host_netns_inum():
             return None
         return self._netns.get(inum)

@@ -35,8 +35,8 @@ class FakeIdentity:
     def owner_of(self, ip: str) -> str | None:
         return {"198.18.0.1": "frontend", "198.18.0.2": "cart"}.get(ip)
 
-    def addresses(self) -> dict[str, int]:
-        return {"198.18.0.1": 1, "198.18.0.2": 2}
+    def netns_of(self, ip: str) -> int | None:
+        return {"198.18.0.1": 1, "198.18.0.2": 2}.get(ip)
 
 
 def client(lport: int = 40000, tgid: int = 10) -> Sock:

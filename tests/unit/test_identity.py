@@ -504,3 +504,23 @@ def test_new_netns_found_at_first_miss_after_a_short_pause(tree: Tree) -> None:
     fresh = tree.add_netns("fresh")
     tree.clock.now += 0.2  # well inside the 5 s interval
     assert r.netns_name(fresh) == "fresh"  # a namespace never seen: rescanned at once
+
+
+def test_addresses_are_reread_only_on_a_miss(tree: Tree) -> None:
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str]) -> str:
+        calls.append(cmd)
+        return json.dumps([{"addr_info": [{"local": "198.18.5.1"}]}])
+
+    r = tree.resolver(run_cmd=run)
+    host = r.host_netns_inum()
+    assert r.netns_of("198.18.5.1") == host
+    n = len(calls)
+    for _ in range(50):  # hits, and misses inside the interval, cost nothing
+        r.netns_of("198.18.5.1")
+        r.netns_of("203.0.113.9")
+    assert len(calls) == n
+    tree.clock.now += 31.0
+    assert r.netns_of("203.0.113.9") is None  # a miss after the interval re-reads
+    assert len(calls) > n
