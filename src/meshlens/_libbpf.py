@@ -212,6 +212,7 @@ class Program:
         self._ptr = ptr
         self.name: str = _prog_name(ptr).decode()
         self.section: str = _prog_section(ptr).decode()
+        self.autoload = True
         # No log buffer up front (1 MiB per program would be resident for
         # nothing): on a failed load libbpf reloads with logging and prints the
         # verifier's log through libbpf_set_print, which we keep.
@@ -222,6 +223,7 @@ class Program:
 
     def set_autoload(self, on: bool) -> None:
         _prog_set_autoload(self._ptr, on)
+        self.autoload = on
 
     def verifier_log(self, lines: int = 15) -> str:
         """The verifier's last lines for this program, from libbpf's messages."""
@@ -253,6 +255,8 @@ class Program:
         return Link(ptr, self.name, f"{self.section} {cgroup_path}")
 
     def stats(self) -> ProgStats:
+        if not self.autoload:
+            return ProgStats(0, 0)
         info = _ProgInfo()
         size = _c.c_uint32(_c.sizeof(info))
         ret = _prog_info(self.fd, _c.byref(info), _c.byref(size))

@@ -37,6 +37,7 @@ class AgentConfig:
     strict: bool = False
     bpf_stats: bool = True
     probes: tuple[str, ...] = ("tcpflow", "udpflow")
+    tcp_health: bool = True  # tcpflow's per-socket health hooks
     features: tuple[str, ...] | None = None  # None: every feature in meshlens.features
     options: dict[str, Any] = field(default_factory=dict)  # feature options from the CLI
 
@@ -95,7 +96,9 @@ class Agent:
             self._stats_fd = libbpf.enable_run_time_stats()
         wanted: list[Probe] = []
         if "tcpflow" in self.config.probes:
-            self.tcp = tcpflow.TcpFlowProbe(max_flows=self.config.max_tcp_flows)
+            self.tcp = tcpflow.TcpFlowProbe(
+                max_flows=self.config.max_tcp_flows, health=self.config.tcp_health
+            )
             wanted.append(self.tcp)
         if "udpflow" in self.config.probes:
             self.udp = udpflow.UdpFlowProbe(

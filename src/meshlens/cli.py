@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--udp-idle", type=positive(float), default=30.0, help="UDP flow idle expiry (s)"
     )
     run.add_argument("--no-bpf-stats", action="store_true", help="do not enable BPF run-time stats")
+    run.add_argument(
+        "--features",
+        type=lambda t: tuple(x for x in t.split(",") if x and x != "none"),
+        default=None,
+        metavar="LIST",
+        help="comma list of features to load (default all; 'none' for the core only)",
+    )
+    run.add_argument(
+        "--no-tcp-health", action="store_true", help="no per-connection health (RTT, retransmits)"
+    )
     from .features import features
 
     for feat in features():
@@ -190,6 +200,8 @@ def _run(args: argparse.Namespace) -> int:
         max_series=args.max_series,
         strict=args.strict,
         bpf_stats=not args.no_bpf_stats,
+        features=args.features,
+        tcp_health=not args.no_tcp_health,
         options=vars(args),
     )
     agent = Agent(cfg)

@@ -83,7 +83,8 @@ class Probe:
     def attach(self) -> None:
         assert self.obj
         for prog in self.obj.programs.values():
-            self.obj.links.append(prog.attach())
+            if prog.autoload:
+                self.obj.links.append(prog.attach())
 
     def start(self) -> None:
         t0 = time.monotonic()

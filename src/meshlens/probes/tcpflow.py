@@ -25,6 +25,15 @@ RETRANS_TYPES = 4
 RETRANS_NAMES = ("timeout", "fast", "syn", "other")  # enum tcpflow_retrans order
 
 
+# Per-socket network health; the rest of tcpflow is bytes and lifecycle.
+HEALTH_PROGRAMS = (
+    "tcpflow_retransmit",
+    "tcpflow_reset_sent",
+    "tcpflow_reset_received",
+    "tcpflow_rtt",
+)
+
+
 class Dir(enum.IntEnum):
     UNKNOWN = 0
     ACTIVE = 1
@@ -153,9 +162,11 @@ class TcpFlowProbe(Probe):
         trace_opens: bool = False,
         wake_each: bool = False,
         seed: bool = True,
+        health: bool = True,
     ) -> None:
         super().__init__()
         self.seed = seed
+        self.health = health
         self.max_flows = max_flows
         self.ringbuf_bytes = ringbuf_bytes
         self.trace_opens = trace_opens
@@ -163,6 +174,9 @@ class TcpFlowProbe(Probe):
 
     def configure(self) -> None:
         assert self.obj
+        if not self.health:
+            for name in HEALTH_PROGRAMS:
+                self.obj.programs[name].set_autoload(False)
         self.obj.maps[FLOWS_MAP].set_max_entries(self.max_flows)
         self.obj.maps[EVENTS_MAP].set_max_entries(self.ringbuf_bytes)
         self.set_global("emit_opens", int(self.trace_opens))
