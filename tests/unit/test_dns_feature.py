@@ -38,8 +38,8 @@ class FakeIdentity:
     def owner_of(self, ip: str) -> str | None:
         return {"198.18.0.1": "frontend", "198.18.0.2": "resolver"}.get(ip)
 
-    def addresses(self) -> dict[str, int]:
-        return {"198.18.0.1": 1, "198.18.0.2": 2}
+    def netns_of(self, ip: str) -> int | None:
+        return {"198.18.0.1": 1, "198.18.0.2": 2}.get(ip)
 
 
 class Clock:
