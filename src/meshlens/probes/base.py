@@ -86,15 +86,37 @@ class Probe:
             if prog.autoload:
                 self.obj.links.append(prog.attach())
 
+    # Programs the probe can run without, on kernels that refuse them (e.g. the
+    # BTF-typed tracing type): a failed load is retried once without them.
+    optional_programs: tuple[str, ...] = ()
+
+    def _start_once(self, skip: tuple[str, ...]) -> None:
+        self.open()
+        self.configure()
+        assert self.obj
+        for name in skip:
+            self.obj.programs[name].set_autoload(False)
+        self.obj.load()
+        self.loaded()
+        self.attach()
+
     def start(self) -> None:
         t0 = time.monotonic()
         try:
-            self.open()
-            self.configure()
-            assert self.obj
-            self.obj.load()
-            self.loaded()
-            self.attach()
+            try:
+                self._start_once(())
+            except Exception as first:
+                if not self.optional_programs:
+                    raise
+                self.close()
+                log.warning(
+                    "%s: retrying without %s: %s",
+                    self.name,
+                    ", ".join(self.optional_programs),
+                    first,
+                )
+                self._start_once(self.optional_programs)
+                self.status.error = f"degraded, without {', '.join(self.optional_programs)}"
         except Exception as exc:
             self.close()
             self.status.error = str(exc)

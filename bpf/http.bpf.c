@@ -1,0 +1,2096 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* HTTP/1.x request metrics from packet data, without a proxy.
+ *
+ * cgroup_skb programs on the cgroup-v2 root see every TCP segment a local
+ * socket sends (before segmentation: one write) or receives (after GRO, before
+ * TCP's own processing). A per-connection state machine, kept in the socket's
+ * own storage, follows each direction by TCP sequence number: it parses the
+ * start line and the few headers that frame a message (Content-Length,
+ * Transfer-Encoding, the empty line), skips bodies by length or by chunk, and
+ * matches responses to a FIFO of outstanding requests (pipelining). Each
+ * completed exchange is added to an aggregate (edge, route, status, method) ->
+ * counters and histogram buckets, which user space reads in batches; nothing
+ * wakes user space per request. A rate-limited ring buffer of samples feeds
+ * `meshlens trace http`.
+ *
+ * inet_sock_set_state (a BTF tracepoint; process context for connect() and
+ * listen()) records who owns client sockets and listeners, and finishes a
+ * connection's exchanges at its close. See docs/http.md. */
+#include "meshlens.bpf.h"
+#include "http.h"
+
+#define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
+#define ETH_P_IPV6_BE 0xDD86 /* htons(0x86DD) */
+
+#define WIN 512                /* bytes of a segment loaded at once */
+#define BUF_SIZE 1024          /* scratch: carry + window, power of two */
+#define BUF_SLACK 64           /* 8-byte reads past the end stay inside */
+#define MAX_HEADER_BYTES 16384 /* a bigger header block is unparsed */
+#define MAX_STEPS 4096         /* parser steps per packet */
+#define MAX_LINES 64           /* lines per scan call */
+#define TAIL 16                /* bytes kept of a long start line */
+
+/* Parser states (struct http_dir.state). */
+enum http_pstate {
+	PS_IDLE = 0,       /* before a start line */
+	PS_HEADERS = 1,    /* in the header block */
+	PS_BODY = 2,       /* Content-Length body: `remaining` bytes to come */
+	PS_CHUNK_SIZE = 3, /* before a chunk-size line */
+	PS_CHUNK_DATA = 4, /* in chunk data: `remaining` bytes to come */
+	PS_CHUNK_END = 5,  /* the CRLF after chunk data */
+	PS_TRAILERS = 6,   /* trailer fields after the last chunk */
+	PS_EOF = 7,        /* response body delimited by the connection's end */
+	PS_UNSYNCED = 8,   /* picked up mid-stream: wait for a message start */
+	PS_OPAQUE = 9,     /* bytes that are not HTTP (after CONNECT) */
+};
+
+/* struct http_dir.flags */
+enum http_dflag {
+	DF_SKIPLINE = 1,  /* skip to the next LF (a long line we need nothing of) */
+	DF_CHUNKED = 2,   /* Transfer-Encoding ends in chunked */
+	DF_HAVE_CL = 4,   /* Content-Length seen; its value is in `remaining` */
+	DF_TE_OTHER = 8,  /* Transfer-Encoding present, not chunked */
+	DF_LONGSTART = 16, /* long request line: check its version at its LF */
+	DF_CARRY = 32,    /* an http_carry entry holds the start of a split line */
+	DF_INTERIM = 64,  /* the response being parsed is 1xx */
+	DF_UNMATCHED = 128, /* the response being parsed has no request */
+};
+
+/* Set from user space before load. */
+const volatile __u64 sample_interval_ns = 0; /* 0: no trace samples */
+const volatile __u32 routes_on = 0;         /* aggregate by templated route */
+const volatile __u64 wakeup_bytes = 0;
+
+/* Per-connection parser state, in the socket's own storage: created for HTTP
+ * connections only, freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http_conn);
+} http_conns SEC(".maps");
+
+struct http_carry {
+	__u32 len;
+	__u32 __pad0;
+	__u8 bytes[HTTP_CARRY_MAX];
+};
+
+/* The start of a line that a segment boundary split; key = cookie * 2 + direction. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct http_carry);
+} http_carry SEC(".maps");
+
+/* Owner of each connecting socket, recorded in connect(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http_owner);
+} http_owners SEC(".maps");
+
+/* Owner of each listener, recorded in listen(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct http_listen_key);
+	__type(value, struct http_owner);
+} http_listeners SEC(".maps");
+
+/* Local end of each established connecting socket -> its owner, so the server
+ * side of a connection between two local sockets can name its client. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct http_endpoint_key);
+	__type(value, struct http_endpoint);
+} http_endpoints SEC(".maps");
+
+/* Edge identity hash -> what names it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct http_edge);
+} http_edges SEC(".maps");
+
+/* The metrics: user space reads them in batches and never writes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct http_agg_key);
+	__type(value, struct http_agg);
+} http_aggs SEC(".maps");
+
+/* Route id -> templated route text (routes_on only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct http_route);
+} http_routes SEC(".maps");
+
+/* Path and Host of sampled requests until their response; key = cookie * 16 + slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct http_pending);
+} http_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} http_samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HTTP_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} http_stats SEC(".maps");
+
+/* Rate limit state of the trace samples (take_sample). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} http_rate SEC(".maps");
+
+struct scratch {
+	__u8 buf[BUF_SIZE + BUF_SLACK];
+	struct http_conn conn; /* initial value of a new connection */
+	struct http_agg agg;   /* zero: initial value of a new aggregate */
+	struct http_route route;
+	struct http_pending pending;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} http_scratch SEC(".maps");
+
+/* Envoy's default histogram bounds, in ns. */
+static const __u64 dur_bounds[HTTP_DUR_BUCKETS - 1] = {
+	500000ULL,      1000000ULL,      5000000ULL,      10000000ULL,      25000000ULL,
+	50000000ULL,    100000000ULL,    250000000ULL,    500000000ULL,     1000000000ULL,
+	2500000000ULL,  5000000000ULL,   10000000000ULL,  30000000000ULL,   60000000000ULL,
+	300000000000ULL, 600000000000ULL, 1800000000000ULL, 3600000000000ULL,
+};
+
+/* ---------------------------------------------------------------- helpers
+ *
+ * Everything that loops over bytes is a global (non-static, noinline)
+ * subprogram: the verifier checks those once, with unknown arguments,
+ * instead of once per path of their caller. They take plain scalars and
+ * pointers to memory (the connection, the scratch buffer, struct pscal). */
+
+#define GLOBAL __attribute__((noinline))
+
+/* Histogram bucket of a duration: the first bound it does not exceed. */
+GLOBAL __u32 http_dur_bucket(__u64 ns)
+{
+	__u32 i;
+
+	for (i = 0; i < HTTP_DUR_BUCKETS - 1; i++)
+		if (ns <= dur_bounds[i])
+			return i;
+	return HTTP_DUR_BUCKETS - 1;
+}
+
+GLOBAL __u32 http_size_bucket(__u64 n)
+{
+	__u64 bound = 1;
+	__u32 i;
+
+	for (i = 0; i < HTTP_SIZE_BUCKETS - 1; i++) {
+		if (n <= bound)
+			return i;
+		bound *= 10;
+	}
+	return HTTP_SIZE_BUCKETS - 1;
+}
+
+static __always_inline __u64 ld64(const __u8 *buf, __u32 i)
+{
+	return *(const __u64 *)(buf + (i & (BUF_SIZE - 1)));
+}
+
+static __always_inline __u8 ld8(const __u8 *buf, __u32 i)
+{
+	return buf[i & (BUF_SIZE - 1)];
+}
+
+static __always_inline bool is_digit(__u8 ch)
+{
+	return ch >= '0' && ch <= '9';
+}
+
+static __always_inline bool is_hex(__u8 ch)
+{
+	return is_digit(ch) || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F') || ch == '-';
+}
+
+/* Lower-case ASCII letters of 8 bytes at once; ':' '-' and digits already
+ * have bit 5 set, so header names compare after OR-ing it in. */
+#define LC 0x2020202020202020ULL
+#define STR8(a, b, c, d, e, f, g, h)                                                     \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 |             \
+	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
+#define HTTP11 STR8('H', 'T', 'T', 'P', '/', '1', '.', '1')
+#define HTTP10 STR8('H', 'T', 'T', 'P', '/', '1', '.', '0')
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&http_scratch, &zero);
+}
+
+/* Scalars of one packet's parse. */
+struct pscal {
+	__u64 now;
+	__u64 id;    /* the socket's cookie */
+	__u32 off;   /* next unparsed byte of the packet */
+	__u32 end;   /* end of the packet's payload */
+	__u32 blen;  /* valid bytes in the scratch buffer; 0: nothing loaded */
+	__u32 bpos;  /* next unparsed byte in the buffer */
+	__u32 carry; /* buf[0, carry) were carried from an earlier segment */
+	__u32 bseg;  /* packet offset of buf[carry] */
+	__u32 di;    /* 0: requests, 1: responses */
+	__u32 stop;  /* parsing of this packet is over */
+};
+
+static __always_inline struct http_dir *dir_of(struct http_conn *c, struct pscal *sc)
+{
+	return &c->dir[sc->di & 1];
+}
+
+static __always_inline void dir_reset(struct http_dir *d, __u8 state)
+{
+	d->state = state;
+	d->flags = 0;
+	d->body = 0;
+	d->remaining = 0;
+	d->hdr_len = 0;
+	d->msg_start_ns = 0;
+}
+
+/* Index of the first LF in buf[from, to), or -1. Eight bytes at a time. */
+GLOBAL int http_find_lf(struct scratch *s, __u32 from, __u32 to)
+{
+	__u32 i = from;
+	int k;
+
+	if (!s)
+		return -1;
+	for (k = 0; k < BUF_SIZE / 8; k++) {
+		__u64 x, t;
+		__u32 n = 0;
+
+		if (i >= to)
+			return -1;
+		x = ld64(s->buf, i) ^ 0x0a0a0a0a0a0a0a0aULL;
+		t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+		if (t) {
+			if (!(t & 0xffffffffULL)) {
+				n += 4;
+				t >>= 32;
+			}
+			if (!(t & 0xffffULL)) {
+				n += 2;
+				t >>= 16;
+			}
+			if (!(t & 0xffULL))
+				n += 1;
+			i += n;
+			return i < to ? (int)i : -1;
+		}
+		i += 8;
+	}
+	return -1;
+}
+
+/* ---------------------------------------------------------------- aggregates */
+
+#define REC_RESPONSE 0 /* the oldest request's response just ended */
+#define REC_DEFERRED 1 /* the request of an early response ended (or its connection) */
+
+/* Count one exchange. REC_RESPONSE pops the oldest request; if that request
+ * is still arriving (the server answered early), the response waits in the
+ * connection until it has, so the request's size is whole. */
+GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
+{
+	struct http_agg_key k = {};
+	struct http_req *r;
+	struct http_agg *v;
+	struct scratch *s;
+	__u64 dur, ttfb, end_ns, resp_start, resp_bytes, pkey;
+	__u32 slot, b;
+	__u16 status;
+	__u8 st0;
+
+	if (!sc || !c)
+		return 0;
+	if (mode == REC_RESPONSE) {
+		if (!c->count)
+			return 0;
+		slot = c->head & (HTTP_FIFO - 1);
+		status = c->status;
+		resp_bytes = c->dir[1].body;
+		resp_start = c->dir[1].msg_start_ns;
+		end_ns = sc->now;
+		c->head = (slot + 1) & (HTTP_FIFO - 1);
+		c->count--;
+		st0 = c->dir[0].state;
+		if (slot == (c->cur & (HTTP_FIFO - 1)) && st0 != PS_IDLE && st0 != PS_OPAQUE) {
+			c->def_resp_bytes = resp_bytes;
+			c->def_resp_start = resp_start;
+			c->def_end = end_ns;
+			c->def_status = status;
+			c->def_slot = slot;
+			c->def_pending = 1;
+			return 0;
+		}
+	} else {
+		if (!c->def_pending)
+			return 0;
+		c->def_pending = 0;
+		slot = c->def_slot & (HTTP_FIFO - 1);
+		status = c->def_status;
+		resp_bytes = c->def_resp_bytes;
+		resp_start = c->def_resp_start;
+		end_ns = c->def_end;
+	}
+	r = &c->fifo[slot];
+	k.edge = c->edge;
+	k.route = r->route;
+	k.status = status;
+	k.method = r->method;
+	dur = end_ns > r->start_ns ? end_ns - r->start_ns : 0;
+	ttfb = resp_start > r->start_ns ? resp_start - r->start_ns : 0;
+	if (ttfb > dur)
+		ttfb = dur;
+	v = bpf_map_lookup_elem(&http_aggs, &k);
+	if (!v) {
+		s = scratch();
+		if (!s)
+			return 0;
+		/* fails with EEXIST if another CPU was first: the lookup decides */
+		bpf_map_update_elem(&http_aggs, &k, &s->agg, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&http_aggs, &k);
+		if (!v) {
+			stat_add(&http_stats, HTTP_STAT_AGGS_FULL, 1);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&v->duration_ns_sum, dur);
+	__sync_fetch_and_add(&v->ttfb_ns_sum, ttfb);
+	__sync_fetch_and_add(&v->request_bytes_sum, r->body);
+	__sync_fetch_and_add(&v->response_bytes_sum, resp_bytes);
+	b = http_dur_bucket(dur);
+	__sync_fetch_and_add(&v->duration_buckets[b < HTTP_DUR_BUCKETS ? b : 0], 1);
+	b = http_dur_bucket(ttfb);
+	__sync_fetch_and_add(&v->ttfb_buckets[b < HTTP_DUR_BUCKETS ? b : 0], 1);
+	b = http_size_bucket(r->body);
+	__sync_fetch_and_add(&v->request_buckets[b < HTTP_SIZE_BUCKETS ? b : 0], 1);
+	b = http_size_bucket(resp_bytes);
+	__sync_fetch_and_add(&v->response_buckets[b < HTTP_SIZE_BUCKETS ? b : 0], 1);
+	if (!sample_interval_ns || !r->sampled)
+		return 0;
+	/* a sampled request: its path and Host wait in http_pending */
+	r->sampled = 0;
+	pkey = c->id * HTTP_FIFO + slot;
+	{
+		struct http_pending *pd = bpf_map_lookup_elem(&http_pending, &pkey);
+		struct http_edge *e = bpf_map_lookup_elem(&http_edges, &c->edge);
+		struct http_sample *smp;
+
+		if (!pd)
+			return 0;
+		smp = bpf_ringbuf_reserve(&http_samples, sizeof(*smp), 0);
+		if (!smp) {
+			stat_add(&http_stats, HTTP_STAT_SAMPLES_LOST, 1);
+			bpf_map_delete_elem(&http_pending, &pkey);
+			return 0;
+		}
+		__builtin_memset(smp, 0, sizeof(*smp));
+		smp->end_ns = end_ns;
+		smp->duration_ns = dur;
+		smp->ttfb_ns = ttfb;
+		smp->request_bytes = r->body;
+		smp->response_bytes = resp_bytes;
+		smp->status = status;
+		smp->method = r->method;
+		smp->role = c->role;
+		if (e) {
+			smp->netns = e->netns;
+			smp->tgid = e->tgid;
+			smp->family = e->family;
+			__builtin_memcpy(smp->laddr, e->laddr, 16);
+			__builtin_memcpy(smp->raddr, e->raddr, 16);
+			__builtin_memcpy(smp->comm, e->comm, HTTP_COMM_LEN);
+		}
+		smp->lport = c->lport;
+		smp->rport = c->rport;
+		__builtin_memcpy(smp->path, pd->path, HTTP_PATH_LEN);
+		__builtin_memcpy(smp->host, pd->host, HTTP_HOST_LEN);
+		smp->path_len = pd->path_len;
+		smp->host_len = pd->host_len;
+		bpf_map_delete_elem(&http_pending, &pkey);
+		stat_add(&http_stats, HTTP_STAT_SAMPLES, 1);
+		bpf_ringbuf_submit(smp, ringbuf_flags(&http_samples, wakeup_bytes));
+	}
+	return 0;
+}
+
+/* Drop the trace entries of outstanding requests (close, lost sync). */
+static __always_inline void drop_pending(struct http_conn *c)
+{
+	__u32 i;
+
+	if (!sample_interval_ns)
+		return;
+	for (i = 0; i < HTTP_FIFO; i++) {
+		if (c->fifo[i].sampled) {
+			__u64 pkey = c->id * HTTP_FIFO + i;
+
+			c->fifo[i].sampled = 0;
+			bpf_map_delete_elem(&http_pending, &pkey);
+		}
+	}
+}
+
+/* Parsing of this connection stops for good. */
+static __always_inline void go_dead(struct pscal *sc, struct http_conn *c, __u32 reason)
+{
+	if (!c->tentative)
+		stat_add(&http_stats, reason, 1);
+	drop_pending(c);
+	c->dead = 1;
+	c->count = 0;
+	c->def_pending = 0;
+	sc->stop = 1;
+}
+
+/* ---------------------------------------------------------------- buffer */
+
+/* Packet offset of buffer index i (i >= carry). */
+static __always_inline __u32 seg_off(struct pscal *sc, __u32 i)
+{
+	return sc->bseg + (i - sc->carry);
+}
+
+/* Consume the buffer up to (not including) index i. */
+static __always_inline void consume_to(struct pscal *sc, __u32 i)
+{
+	sc->bpos = i;
+	if (i >= sc->carry)
+		sc->off = seg_off(sc, i);
+}
+
+static __always_inline void drop_buf(struct pscal *sc)
+{
+	sc->blen = 0;
+	sc->bpos = 0;
+	sc->carry = 0;
+}
+
+/* Does the buffer reach the end of the packet? */
+static __always_inline bool buf_at_end(struct pscal *sc)
+{
+	return sc->bseg + (sc->blen - sc->carry) >= sc->end;
+}
+
+/* Keep buf[from, blen) for the next segment of this direction. */
+GLOBAL int http_save_carry(struct pscal *sc, struct http_conn *c, struct scratch *s, __u32 from)
+{
+	struct http_carry *cv;
+	__u64 key;
+	__u32 len;
+
+	if (!sc || !c || !s)
+		return -1;
+	key = c->id * 2 + (sc->di & 1);
+	len = sc->blen - from;
+	if (len > HTTP_CARRY_MAX || from >= BUF_SIZE)
+		return -1;
+	cv = bpf_map_lookup_elem(&http_carry, &key);
+	if (!cv) {
+		/* any bytes do as the initial value: len is set below */
+		if (bpf_map_update_elem(&http_carry, &key, s->buf, BPF_ANY)) {
+			stat_add(&http_stats, HTTP_STAT_CARRY_FULL, 1);
+			return -1;
+		}
+		cv = bpf_map_lookup_elem(&http_carry, &key);
+		if (!cv)
+			return -1;
+	}
+	if (len && bpf_probe_read_kernel(cv->bytes, len, s->buf + (from & (BUF_SIZE - 1))))
+		return -1;
+	cv->len = len;
+	c->dir[sc->di & 1].flags |= DF_CARRY;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- start lines */
+
+static __always_inline __u8 method_of(__u64 w, __u32 *mlen)
+{
+	if ((w & 0xffffffffULL) == STR8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
+		*mlen = 3;
+		return HTTP_M_GET;
+	}
+	if ((w & 0xffffffffULL) == STR8('P', 'U', 'T', ' ', 0, 0, 0, 0)) {
+		*mlen = 3;
+		return HTTP_M_PUT;
+	}
+	if ((w & 0xffffffffffULL) == STR8('P', 'O', 'S', 'T', ' ', 0, 0, 0)) {
+		*mlen = 4;
+		return HTTP_M_POST;
+	}
+	if ((w & 0xffffffffffULL) == STR8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
+		*mlen = 4;
+		return HTTP_M_HEAD;
+	}
+	if ((w & 0xffffffffffffULL) == STR8('P', 'A', 'T', 'C', 'H', ' ', 0, 0)) {
+		*mlen = 5;
+		return HTTP_M_PATCH;
+	}
+	if ((w & 0xffffffffffffULL) == STR8('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) {
+		*mlen = 5;
+		return HTTP_M_TRACE;
+	}
+	if ((w & 0xffffffffffffffULL) == STR8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0)) {
+		*mlen = 6;
+		return HTTP_M_DELETE;
+	}
+	if (w == STR8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) {
+		*mlen = 7;
+		return HTTP_M_OPTIONS;
+	}
+	if (w == STR8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ')) {
+		*mlen = 7;
+		return HTTP_M_CONNECT;
+	}
+	*mlen = 0;
+	return HTTP_M_OTHER;
+}
+
+/* Methods and their space, and how many bytes that is. */
+static const __u64 methods[9] = {
+	STR8('G', 'E', 'T', ' ', 0, 0, 0, 0),       STR8('P', 'U', 'T', ' ', 0, 0, 0, 0),
+	STR8('P', 'O', 'S', 'T', ' ', 0, 0, 0),     STR8('H', 'E', 'A', 'D', ' ', 0, 0, 0),
+	STR8('P', 'A', 'T', 'C', 'H', ' ', 0, 0),   STR8('T', 'R', 'A', 'C', 'E', ' ', 0, 0),
+	STR8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0), STR8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' '),
+	STR8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' '),
+};
+static const __u8 method_lens[9] = {4, 4, 5, 5, 6, 6, 7, 8, 8};
+
+/* Whether the first n (1..8) bytes of w could start a request line. */
+static __always_inline bool method_prefix(__u64 w, __u32 n)
+{
+	__u32 i;
+
+	for (i = 0; i < 9; i++) {
+		__u32 m = method_lens[i] < n ? method_lens[i] : n;
+		__u64 mask = m >= 8 ? ~0ULL : (1ULL << (m * 8)) - 1;
+
+		if ((w & mask) == (methods[i] & mask))
+			return true;
+	}
+	return false;
+}
+
+/* An uppercase token method we do not know ("PROPFIND "): its length or 0. */
+GLOBAL int http_other_method(struct scratch *s, __u32 i, __u32 lim)
+{
+	__u32 k;
+
+	if (!s)
+		return 0;
+	for (k = 0; k < 16; k++) {
+		__u8 ch = ld8(s->buf, i + k);
+
+		if (i + k >= lim)
+			return 0;
+		if (ch == ' ')
+			return k >= 3 ? (int)k : 0;
+		if (ch < 'A' || ch > 'Z')
+			return 0;
+	}
+	return 0;
+}
+
+/* Rate limit of the trace samples (GCRA): http_rate holds the theoretical
+ * arrival time of the next sample; up to one second's worth of samples may
+ * come at once, and no more than that on average. A lost race skips. */
+static __always_inline bool take_sample(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 *tat = bpf_map_lookup_elem(&http_rate, &zero);
+	__u64 old, base;
+
+	if (!tat)
+		return false;
+	old = *tat;
+	base = old > now ? old : now;
+	if (base - now + sample_interval_ns > 1000000000ULL)
+		return false;
+	return __sync_val_compare_and_swap(tat, old, base + sample_interval_ns) == old;
+}
+
+/* Keep the path (the target up to '?', '#' or SP) of a sampled request. */
+GLOBAL int http_capture_path(struct pscal *sc, struct http_conn *c, struct scratch *s,
+			     __u32 from, __u32 to)
+{
+	struct http_pending *pd;
+	__u32 k, n = 0, slot;
+	__u64 pkey;
+
+	if (!sc || !c || !s)
+		return 0;
+	slot = c->cur & (HTTP_FIFO - 1);
+	pkey = c->id * HTTP_FIFO + slot;
+	pd = &s->pending;
+	__builtin_memset(pd, 0, sizeof(*pd));
+	for (k = 0; k < HTTP_PATH_LEN; k++) {
+		__u8 ch;
+
+		if (from + k >= to)
+			break;
+		ch = ld8(s->buf, from + k);
+		if (ch == '?' || ch == '#' || ch < 0x21 || ch > 0x7e)
+			break;
+		pd->path[k] = ch;
+		n = k + 1;
+	}
+	pd->path_len = n;
+	if (bpf_map_update_elem(&http_pending, &pkey, pd, BPF_ANY) == 0)
+		c->fifo[slot].sampled = 1;
+	return 0;
+}
+
+/* ---- templated routes (routes_on) */
+
+struct route_ctx {
+	struct scratch *s;
+	__u32 to;
+	__u32 i;   /* next path byte */
+	__u32 n;   /* path bytes read */
+	__u32 out; /* bytes of the route text written */
+	__u32 seg; /* start of the current segment in the route text */
+	__u32 seglen;
+	__u32 digits;
+	__u32 hexonly;
+};
+
+static __always_inline void route_put(struct route_ctx *r, __u8 ch)
+{
+	if (r->out < HTTP_ROUTE_LEN)
+		r->s->route.text[r->out & (HTTP_ROUTE_LEN - 1)] = ch;
+	r->out++;
+}
+
+/* Replace the segment just written by a placeholder when it is an id:
+ * all digits -> {id}; hex (and '-') of 8+ bytes with a digit, or 16+ bytes
+ * with a digit -> {hash}. The same rules as meshlens.httpmsg.template(). */
+static __always_inline void route_close_segment(struct route_ctx *r)
+{
+	if (r->seglen && r->digits == r->seglen) {
+		r->out = r->seg;
+		route_put(r, '{');
+		route_put(r, 'i');
+		route_put(r, 'd');
+		route_put(r, '}');
+	} else if (r->digits && ((r->hexonly && r->seglen >= 8) || r->seglen >= 16)) {
+		r->out = r->seg;
+		route_put(r, '{');
+		route_put(r, 'h');
+		route_put(r, 'a');
+		route_put(r, 's');
+		route_put(r, 'h');
+		route_put(r, '}');
+	}
+	r->seglen = 0;
+	r->digits = 0;
+	r->hexonly = 1;
+}
+
+static long route_step(__u32 idx, struct route_ctx *r)
+{
+	__u8 ch;
+
+	if (r->i >= r->to || r->n >= HTTP_PATH_LEN) {
+		route_close_segment(r);
+		return 1;
+	}
+	ch = ld8(r->s->buf, r->i);
+	if (ch == '?' || ch == '#' || ch < 0x21 || ch > 0x7e) {
+		route_close_segment(r);
+		return 1;
+	}
+	r->i++;
+	r->n++;
+	if (ch == '/') {
+		route_close_segment(r);
+		route_put(r, '/');
+		r->seg = r->out;
+		return 0;
+	}
+	route_put(r, ch);
+	r->seglen++;
+	if (is_digit(ch))
+		r->digits++;
+	if (!is_hex(ch))
+		r->hexonly = 0;
+	return 0;
+}
+
+/* Template the path at buf[from, to), intern it, return its route id. */
+GLOBAL __u32 http_route_of(struct scratch *s, __u32 from, __u32 to)
+{
+	struct route_ctx r = {};
+	__u64 h = 0xcbf29ce484222325ULL;
+	__u32 id, k;
+
+	if (!s)
+		return HTTP_ROUTE_OTHER;
+	__builtin_memset(&s->route, 0, sizeof(s->route));
+	r.s = s;
+	r.to = to;
+	r.i = from;
+	r.hexonly = 1;
+	/* absolute-form (a proxy request): drop the scheme and the authority */
+	if (((ld64(s->buf, from) | LC) & 0xffffffffffffffULL) ==
+	    STR8('h', 't', 't', 'p', ':', '/', '/', 0)) {
+		r.i = from + 7;
+		for (k = 0; k < 255; k++) {
+			__u8 ch = ld8(s->buf, r.i);
+
+			if (r.i >= to || ch == '/' || ch < 0x21 || ch > 0x7e)
+				break;
+			r.i++;
+		}
+	}
+	bpf_loop(HTTP_PATH_LEN + 1, route_step, &r, 0);
+	if (r.out > HTTP_ROUTE_LEN)
+		r.out = HTTP_ROUTE_LEN;
+	if (r.out == 0) {
+		s->route.text[0] = ld8(s->buf, from) == '*' ? '*' : '/';
+		r.out = 1;
+	}
+	s->route.len = r.out;
+	for (k = 0; k < HTTP_ROUTE_LEN; k++) {
+		if (k >= r.out)
+			break;
+		h ^= s->route.text[k];
+		h *= 0x100000001b3ULL;
+	}
+	id = (__u32)(h ^ (h >> 32));
+	if (id <= HTTP_ROUTE_OTHER)
+		id += 2;
+	if (bpf_map_lookup_elem(&http_routes, &id))
+		return id;
+	if (bpf_map_update_elem(&http_routes, &id, &s->route, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&http_routes, &id)) {
+		stat_add(&http_stats, HTTP_STAT_ROUTES_FULL, 1);
+		return HTTP_ROUTE_OTHER;
+	}
+	return id;
+}
+
+#define LONGLINE (1U << 31)
+
+/* A request line at buf[i, i + vlen) (without CR LF). With LONGLINE in vlen,
+ * the buffer holds only its start: the version is checked at its end later. */
+GLOBAL int http_request_line(struct pscal *sc, struct http_conn *c, struct scratch *s, __u32 i,
+			     __u32 vlen)
+{
+	bool longline = vlen & LONGLINE;
+	struct http_dir *d;
+	struct http_req *r;
+	__u32 mlen = 0, t, pend, slot;
+	__u64 w;
+	__u8 m, t0;
+
+	if (!sc || !c || !s)
+		return 0;
+	d = &c->dir[0];
+	vlen &= ~LONGLINE;
+	w = ld64(s->buf, i);
+	m = method_of(w, &mlen);
+	if (!mlen) {
+		mlen = http_other_method(s, i, i + vlen);
+		if (!mlen || c->tentative) { /* unknown methods only on known HTTP */
+			go_dead(sc, c, HTTP_STAT_BAD_REQUEST);
+			return 0;
+		}
+	}
+	t = i + mlen + 1; /* the request target */
+	if (vlen < mlen + 1 + 1 + 9) {
+		go_dead(sc, c, HTTP_STAT_BAD_REQUEST);
+		return 0;
+	}
+	t0 = ld8(s->buf, t);
+	if (!(t0 == '/' || t0 == '*' || (t0 >= 'a' && t0 <= 'z') || (t0 >= 'A' && t0 <= 'Z'))) {
+		go_dead(sc, c, HTTP_STAT_BAD_REQUEST);
+		return 0;
+	}
+	pend = i + vlen;
+	if (!longline) {
+		/* " HTTP/1.1" or " HTTP/1.0" ends the line */
+		__u64 ver = ld64(s->buf, pend - 8);
+
+		if (ld8(s->buf, pend - 9) != ' ' || (ver != HTTP11 && ver != HTTP10)) {
+			go_dead(sc, c, HTTP_STAT_BAD_REQUEST);
+			return 0;
+		}
+		pend -= 9;
+	}
+	if (c->count >= HTTP_FIFO) {
+		go_dead(sc, c, HTTP_STAT_PIPELINE_FULL);
+		return 0;
+	}
+	c->tentative = 0;
+	slot = (c->head + c->count) & (HTTP_FIFO - 1);
+	r = &c->fifo[slot];
+	r->start_ns = d->msg_start_ns ? d->msg_start_ns : sc->now;
+	r->body = 0;
+	r->method = m;
+	r->sampled = 0;
+	r->route = HTTP_ROUTE_NONE;
+	c->count++;
+	c->cur = slot;
+	if (routes_on)
+		r->route = http_route_of(s, t, pend);
+	if (sample_interval_ns && take_sample(sc->now))
+		http_capture_path(sc, c, s, t, pend);
+	d->state = PS_HEADERS;
+	d->flags = longline ? DF_LONGSTART | DF_SKIPLINE : 0;
+	d->remaining = 0;
+	return 0;
+}
+
+/* A status line at buf[i, i + vlen). */
+static __always_inline void status_line(struct pscal *sc, struct http_conn *c,
+					struct scratch *s, __u32 i, __u32 vlen)
+{
+	struct http_dir *d = &c->dir[1];
+	__u64 ver = ld64(s->buf, i);
+	__u8 sp = ld8(s->buf, i + 8), d0 = ld8(s->buf, i + 9), d1 = ld8(s->buf, i + 10),
+	     d2 = ld8(s->buf, i + 11), after = ld8(s->buf, i + 12);
+	__u16 code;
+
+	if (vlen < 12 || (ver != HTTP11 && ver != HTTP10) || sp != ' ' || d0 < '1' || d0 > '5' ||
+	    !is_digit(d1) || !is_digit(d2) || (vlen > 12 && after != ' ')) {
+		go_dead(sc, c, HTTP_STAT_BAD_RESPONSE);
+		return;
+	}
+	code = (d0 - '0') * 100 + (d1 - '0') * 10 + (d2 - '0');
+	c->status = code;
+	d->state = PS_HEADERS;
+	d->flags = 0;
+	d->remaining = 0;
+	if (code < 200 && code != 101)
+		d->flags |= DF_INTERIM;
+	if (!c->count) {
+		d->flags |= DF_UNMATCHED;
+		stat_add(&http_stats, HTTP_STAT_UNMATCHED, 1);
+	}
+}
+
+/* ---------------------------------------------------------------- message ends */
+
+static __always_inline void response_done(struct pscal *sc, struct http_conn *c)
+{
+	struct http_dir *d = &c->dir[1];
+
+	if (!(d->flags & DF_UNMATCHED))
+		http_record(sc, c, REC_RESPONSE);
+	dir_reset(d, PS_IDLE);
+}
+
+static __always_inline void request_done(struct pscal *sc, struct http_conn *c)
+{
+	dir_reset(&c->dir[0], PS_IDLE);
+	if (c->def_pending && c->def_slot == (c->cur & (HTTP_FIFO - 1)))
+		http_record(sc, c, REC_DEFERRED);
+}
+
+static __always_inline void message_done(struct pscal *sc, struct http_conn *c)
+{
+	if (sc->di & 1)
+		response_done(sc, c);
+	else
+		request_done(sc, c);
+}
+
+static __always_inline void add_body(struct pscal *sc, struct http_conn *c, __u64 n)
+{
+	c->dir[sc->di & 1].body += n;
+	if (!(sc->di & 1))
+		c->fifo[c->cur & (HTTP_FIFO - 1)].body += n;
+}
+
+/* The empty line after the header block: how is the body framed? */
+static __always_inline void headers_done(struct pscal *sc, struct http_conn *c)
+{
+	struct http_dir *d = dir_of(c, sc);
+	__u8 f = d->flags;
+	__u16 code;
+	__u8 m;
+
+	if (!(sc->di & 1)) {
+		m = c->fifo[c->cur & (HTTP_FIFO - 1)].method;
+		if (f & DF_TE_OTHER) {
+			go_dead(sc, c, HTTP_STAT_BAD_FRAMING);
+			return;
+		}
+		if (m == HTTP_M_CONNECT) {
+			/* what follows is the tunnel's, whatever the answer */
+			d->state = PS_OPAQUE;
+			return;
+		}
+		if (f & DF_CHUNKED)
+			d->state = PS_CHUNK_SIZE;
+		else if ((f & DF_HAVE_CL) && d->remaining)
+			d->state = PS_BODY;
+		else
+			request_done(sc, c);
+		return;
+	}
+	/* responses (RFC 9112 section 6.3) */
+	if (f & DF_INTERIM) {
+		/* 1xx: the final response follows */
+		dir_reset(d, PS_IDLE);
+		return;
+	}
+	code = c->status;
+	m = c->count ? c->fifo[c->head & (HTTP_FIFO - 1)].method : HTTP_M_OTHER;
+	if (code == 101 || (m == HTTP_M_CONNECT && code >= 200 && code < 300)) {
+		/* the connection now carries something else */
+		response_done(sc, c);
+		drop_pending(c);
+		c->dead = 1;
+		c->count = 0;
+		sc->stop = 1;
+		return;
+	}
+	if (m == HTTP_M_HEAD || code == 204 || code == 304) {
+		response_done(sc, c);
+		return;
+	}
+	if (f & DF_CHUNKED) {
+		d->state = PS_CHUNK_SIZE;
+	} else if (f & DF_TE_OTHER) {
+		d->state = PS_EOF;
+	} else if (f & DF_HAVE_CL) {
+		if (d->remaining)
+			d->state = PS_BODY;
+		else
+			response_done(sc, c);
+	} else {
+		d->state = PS_EOF;
+	}
+}
+
+/* ---------------------------------------------------------------- header lines */
+
+/* Decimal Content-Length value in buf[i, i + n) (optional whitespace around
+ * it); -1 if invalid. No branch depends on what the loop carries, so the
+ * verifier sees one state per position. */
+GLOBAL __s64 http_parse_cl(struct scratch *s, __u32 i, __u32 n)
+{
+	__u64 v = 0, bad = 0, digits = 0, gap = 0;
+	__u32 k;
+
+	if (!s || n > 40)
+		return -1;
+	for (k = 0; k < 40; k++) {
+		__u8 ch;
+
+		if (k >= n)
+			break;
+		ch = ld8(s->buf, i + k);
+		if (is_digit(ch)) {
+			bad |= gap | (v >> 58); /* "1 2", or more than 17 digits */
+			v = v * 10 + (ch - '0');
+			digits = 1;
+		} else if (ch == ' ' || ch == '\t') {
+			gap = digits;
+		} else {
+			return -1;
+		}
+	}
+	return (digits && !bad) ? (__s64)v : -1;
+}
+
+/* Hexadecimal chunk size at buf[i, i + n), up to ';' or whitespace; -1 if invalid. */
+GLOBAL __s64 http_parse_hex(struct scratch *s, __u32 i, __u32 n)
+{
+	__u64 v = 0;
+	__u32 k, digits = 0;
+
+	if (!s)
+		return -1;
+	for (k = 0; k < 17; k++) {
+		__u8 ch, x;
+
+		if (k >= n)
+			break;
+		ch = ld8(s->buf, i + k);
+		if (is_digit(ch))
+			x = ch - '0';
+		else if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f')
+			x = (ch | 0x20) - 'a' + 10;
+		else if (ch == ';' || ch == ' ' || ch == '\t')
+			break;
+		else
+			return -1;
+		if (digits >= 15)
+			return -1;
+		v = v << 4 | x;
+		digits++;
+	}
+	return digits ? (__s64)v : -1;
+}
+
+/* Does the Transfer-Encoding value at buf[i, i + n) end in "chunked"? */
+GLOBAL int http_te_chunked(struct scratch *s, __u32 i, __u32 n)
+{
+	__u32 k, e = n;
+	__u8 before;
+
+	if (!s)
+		return 0;
+	for (k = 0; k < 16; k++) { /* trailing whitespace */
+		__u8 ch;
+
+		if (e == 0)
+			break;
+		ch = ld8(s->buf, i + e - 1);
+		if (ch != ' ' && ch != '\t')
+			break;
+		e--;
+	}
+	if (e < 7)
+		return 0;
+	if (((ld64(s->buf, i + e - 7) | LC) & 0xffffffffffffffULL) !=
+	    STR8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
+		return 0;
+	if (e == 7)
+		return 1;
+	before = ld8(s->buf, i + e - 8);
+	return before == ' ' || before == '\t' || before == ',';
+}
+
+/* Keep the Host value of a sampled request. */
+GLOBAL int http_capture_host(struct pscal *sc, struct http_conn *c, struct scratch *s, __u32 i,
+			     __u32 n)
+{
+	struct http_pending *pd;
+	__u32 k, out = 0, slot;
+	__u64 pkey;
+
+	if (!sc || !c || !s)
+		return 0;
+	slot = c->cur & (HTTP_FIFO - 1);
+	if (!c->fifo[slot].sampled)
+		return 0;
+	pkey = c->id * HTTP_FIFO + slot;
+	pd = bpf_map_lookup_elem(&http_pending, &pkey);
+	if (!pd)
+		return 0;
+	for (k = 0; k < 8; k++) { /* leading whitespace */
+		__u8 ch = ld8(s->buf, i);
+
+		if (n == 0 || (ch != ' ' && ch != '\t'))
+			break;
+		i++;
+		n--;
+	}
+	for (k = 0; k < HTTP_HOST_LEN; k++) {
+		__u8 ch;
+
+		if (k >= n)
+			break;
+		ch = ld8(s->buf, i + k);
+		if (ch < 0x21 || ch > 0x7e)
+			break;
+		pd->host[k] = ch;
+		out = k + 1;
+	}
+	pd->host_len = out;
+	return 0;
+}
+
+/* One header field line at buf[i, i + vlen) (without CR LF). */
+static __always_inline void header_line(struct pscal *sc, struct http_conn *c,
+					struct scratch *s, __u32 i, __u32 vlen)
+{
+	struct http_dir *d = dir_of(c, sc);
+	__u64 w0 = ld64(s->buf, i) | LC;
+	__u8 c0 = w0 & 0xff;
+
+	if (c0 == 'c' && vlen >= 15 && w0 == STR8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
+	    ((ld64(s->buf, i + 8) | LC) & 0xffffffffffffffULL) ==
+		    STR8('l', 'e', 'n', 'g', 't', 'h', ':', 0)) {
+		__s64 v = http_parse_cl(s, i + 15, vlen - 15);
+
+		if (v < 0 || ((d->flags & DF_HAVE_CL) && d->remaining != (__u64)v)) {
+			go_dead(sc, c, HTTP_STAT_BAD_FRAMING);
+			return;
+		}
+		d->flags |= DF_HAVE_CL;
+		d->remaining = v;
+		return;
+	}
+	if (c0 == 't' && vlen >= 18 && w0 == STR8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') &&
+	    (ld64(s->buf, i + 8) | LC) == STR8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') &&
+	    ((ld64(s->buf, i + 16) | LC) & 0xffffULL) == STR8('g', ':', 0, 0, 0, 0, 0, 0)) {
+		if (http_te_chunked(s, i + 18, vlen - 18)) {
+			d->flags |= DF_CHUNKED;
+			d->flags &= ~DF_TE_OTHER;
+		} else {
+			d->flags |= DF_TE_OTHER;
+			d->flags &= ~DF_CHUNKED;
+		}
+		return;
+	}
+	if (sample_interval_ns && !(sc->di & 1) && c0 == 'h' && vlen >= 5 &&
+	    (w0 & 0xffffffffffULL) == STR8('h', 'o', 's', 't', ':', 0, 0, 0))
+		http_capture_host(sc, c, s, i + 5, vlen - 5);
+}
+
+/* One complete line at buf[i, lf). */
+GLOBAL int http_one_line(struct pscal *sc, struct http_conn *c, struct scratch *s, __u32 i,
+			 __u32 lf)
+{
+	struct http_dir *d;
+	__u32 len, vlen;
+	__s64 v;
+
+	if (!sc || !c || !s || lf < i)
+		return 0;
+	d = dir_of(c, sc);
+	len = lf - i;
+	vlen = len;
+	if (vlen && ld8(s->buf, lf - 1) == '\r')
+		vlen--;
+	switch (d->state) {
+	case PS_IDLE:
+		if (vlen == 0) /* a stray CRLF between messages */
+			break;
+		if (sc->di & 1)
+			status_line(sc, c, s, i, vlen);
+		else
+			http_request_line(sc, c, s, i, vlen);
+		d->hdr_len = len + 1;
+		break;
+	case PS_HEADERS:
+		d->hdr_len += len + 1;
+		if (d->hdr_len > MAX_HEADER_BYTES) {
+			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+			break;
+		}
+		if (vlen == 0)
+			headers_done(sc, c);
+		else
+			header_line(sc, c, s, i, vlen);
+		break;
+	case PS_CHUNK_SIZE:
+		v = http_parse_hex(s, i, vlen);
+		if (v < 0) {
+			go_dead(sc, c, HTTP_STAT_BAD_FRAMING);
+			break;
+		}
+		if (v == 0) {
+			d->state = PS_TRAILERS;
+			break;
+		}
+		d->remaining = v;
+		d->state = PS_CHUNK_DATA;
+		break;
+	case PS_CHUNK_END:
+		if (vlen) {
+			go_dead(sc, c, HTTP_STAT_BAD_FRAMING);
+			break;
+		}
+		d->state = PS_CHUNK_SIZE;
+		break;
+	case PS_TRAILERS:
+		if (vlen == 0)
+			message_done(sc, c);
+		break;
+	}
+	return 0;
+}
+
+/* A line longer than the buffer starts at bpos. */
+GLOBAL int http_long_line(struct pscal *sc, struct http_conn *c, struct scratch *s)
+{
+	struct http_dir *d;
+	__u32 i;
+	__u64 w0;
+
+	if (!sc || !c || !s)
+		return 0;
+	d = dir_of(c, sc);
+	i = sc->bpos;
+	switch (d->state) {
+	case PS_IDLE:
+		if (sc->di & 1) {
+			status_line(sc, c, s, i, 13);
+			if (!sc->stop)
+				d->flags |= DF_SKIPLINE;
+		} else {
+			http_request_line(sc, c, s, i, (sc->blen - i) | LONGLINE);
+		}
+		return 0;
+	case PS_HEADERS:
+		w0 = ld64(s->buf, i) | LC;
+		if (w0 == STR8('c', 'o', 'n', 't', 'e', 'n', 't', '-') ||
+		    w0 == STR8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r')) {
+			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+			return 0;
+		}
+		d->flags |= DF_SKIPLINE;
+		return 0;
+	case PS_TRAILERS:
+		d->flags |= DF_SKIPLINE;
+		return 0;
+	default:
+		go_dead(sc, c, HTTP_STAT_BAD_FRAMING);
+		return 0;
+	}
+}
+
+/* Inside a long line: look for its end. A long request line's version is
+ * checked there, so its last TAIL bytes are kept in view. */
+GLOBAL int http_skip_line(struct pscal *sc, struct http_conn *c, struct scratch *s)
+{
+	struct http_dir *d;
+	__u32 keep, from, e;
+	__u64 ver;
+	int lf;
+
+	if (!sc || !c || !s)
+		return 0;
+	d = dir_of(c, sc);
+	lf = http_find_lf(s, sc->bpos, sc->blen);
+	if (lf < 0) {
+		keep = (d->flags & DF_LONGSTART) ? TAIL : 0;
+		from = sc->blen > keep ? sc->blen - keep : 0;
+		if (from < sc->bpos)
+			from = sc->bpos;
+		d->hdr_len += from - sc->bpos;
+		if (d->hdr_len > MAX_HEADER_BYTES) {
+			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+			return 0;
+		}
+		if (buf_at_end(sc)) {
+			/* the packet ends inside the line */
+			if (keep && http_save_carry(sc, c, s, from)) {
+				go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+				return 0;
+			}
+			sc->stop = 1;
+			return 0;
+		}
+		/* reload, with the tail in view */
+		consume_to(sc, from > sc->carry ? from : sc->carry);
+		drop_buf(sc);
+		return 0;
+	}
+	d->hdr_len += lf + 1 - sc->bpos;
+	if (d->hdr_len > MAX_HEADER_BYTES) {
+		go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+		return 0;
+	}
+	if (d->flags & DF_LONGSTART) {
+		e = (lf > 0 && ld8(s->buf, lf - 1) == '\r') ? lf - 1 : lf;
+		ver = e >= 9 ? ld64(s->buf, e - 8) : 0;
+		if (e < 9 || ld8(s->buf, e - 9) != ' ' || (ver != HTTP11 && ver != HTTP10)) {
+			go_dead(sc, c, HTTP_STAT_BAD_REQUEST);
+			return 0;
+		}
+	}
+	d->flags &= ~(DF_SKIPLINE | DF_LONGSTART);
+	consume_to(sc, lf + 1);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- the step loop */
+
+struct pctx {
+	struct __sk_buff *skb;
+	struct http_conn *c;
+	struct scratch *s;
+	struct pscal sc;
+};
+
+/* Load up to WIN bytes of the packet from off, after `carried` bytes that
+ * are already at the start of the buffer. */
+static __always_inline int load(struct pctx *p, __u32 carried)
+{
+	struct pscal *sc = &p->sc;
+	__u32 n = sc->end - sc->off;
+
+	if (n > WIN)
+		n = WIN;
+	if (carried > HTTP_CARRY_MAX)
+		carried = HTTP_CARRY_MAX;
+	if (n == 0 || n > WIN)
+		return -1;
+	if (bpf_skb_load_bytes(p->skb, sc->off, p->s->buf + carried, n))
+		return -1;
+	sc->carry = carried;
+	sc->bseg = sc->off;
+	sc->blen = carried + n;
+	sc->bpos = 0;
+	return 0;
+}
+
+/* The exact mask of LF bytes in w: 0x80 in each byte that is '\n'. */
+static __always_inline __u64 lf_mask(__u64 w)
+{
+	__u64 x = w ^ 0x0a0a0a0a0a0a0a0aULL;
+
+	return ~(((x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL) | x | 0x7f7f7f7f7f7f7f7fULL);
+}
+
+/* Index of the lowest marked byte of a nonzero lf_mask() value, without a
+ * branch (the verifier then sees one path, not eight): isolate the lowest
+ * mark, shift it to bit 8 * index, and let a multiply put 7 - (7 - index)
+ * in the top byte. */
+static __always_inline __u32 low_byte(__u64 m)
+{
+	return (__u32)((((m & -m) >> 7) * 0x0001020304050607ULL) >> 56) & 7;
+}
+
+#define FAST_MORE 0 /* no line end left in the buffer */
+#define FAST_SLOW 1 /* bpos is at a line that http_one_line must see */
+
+struct fh_ctx {
+	struct scratch *s;
+	__u32 i;    /* the next word to look at */
+	__u32 ls;   /* where the current line starts */
+	__u32 blen;
+	__u32 slow; /* stopped at a line that matters */
+};
+
+/* One word of fast header skipping (a bpf_loop callback: the verifier checks
+ * it once, not once per word). Eight bytes hold at most eight line ends. */
+static __always_inline long fh_one_word(struct fh_ctx *x)
+{
+	__u32 i = x->i & (BUF_SIZE - 1), ls = x->ls & (BUF_SIZE - 1), blen = x->blen;
+	__u64 m;
+
+	if (i >= blen || blen > BUF_SIZE - 8)
+		return 1;
+	m = lf_mask(ld64(x->s->buf, i));
+	if (i + 8 > blen) /* bytes past the buffer's end are not data */
+		m &= (1ULL << ((blen - i) * 8 & 63)) - 1;
+	/* eight times, unrolled by hand: a loop would be verified per path */
+#define FH_ONE                                                                           \
+	do {                                                                             \
+		__u32 p;                                                                 \
+		__u8 c0;                                                                 \
+                                                                                         \
+		if (!m)                                                                  \
+			goto out;                                                        \
+		p = (i + low_byte(m)) & (BUF_SIZE - 1);                                  \
+		m &= m - 1;                                                              \
+		c0 = ld8(x->s->buf, ls) | 0x20;                                          \
+		if (p <= ls + 1 || c0 == 'c' || c0 == 't' ||                             \
+		    (sample_interval_ns && c0 == 'h')) {                                 \
+			x->ls = ls; /* the empty line, or one that matters */            \
+			x->slow = 1;                                                     \
+			return 1;                                                        \
+		}                                                                        \
+		ls = (p + 1) & (BUF_SIZE - 1);                                           \
+	} while (0)
+	FH_ONE;
+	FH_ONE;
+	FH_ONE;
+	FH_ONE;
+	FH_ONE;
+	FH_ONE;
+	FH_ONE;
+	FH_ONE;
+#undef FH_ONE
+out:
+	x->ls = ls;
+	x->i = i + 8;
+	return 0;
+}
+
+/* Two words per call: half the calls. */
+static long fh_word(__u32 idx, struct fh_ctx *x)
+{
+	if (fh_one_word(x))
+		return 1;
+	return fh_one_word(x);
+}
+
+/* The header lines nobody needs (all but Content-Length, Transfer-Encoding,
+ * Host and the empty line), skipped eight bytes at a time. Stops at the
+ * first line that matters, or where the buffer's complete lines end. */
+GLOBAL int http_fast_headers(struct pscal *sc, struct http_conn *c, struct scratch *s)
+{
+	struct fh_ctx x = {};
+	struct http_dir *d;
+	__u32 start;
+
+	if (!sc || !c || !s)
+		return FAST_SLOW;
+	d = dir_of(c, sc);
+	start = sc->bpos & (BUF_SIZE - 1);
+	x.s = s;
+	x.i = start;
+	x.ls = start;
+	x.blen = sc->blen;
+	bpf_loop(BUF_SIZE / 8, fh_word, &x, 0);
+	if (x.ls > start) {
+		d->hdr_len += x.ls - start;
+		if (d->hdr_len > MAX_HEADER_BYTES) {
+			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+			return FAST_SLOW;
+		}
+	}
+	consume_to(sc, x.ls);
+	return x.slow ? FAST_SLOW : FAST_MORE;
+}
+
+#define SCAN_STOP 0   /* parsing of this packet is over */
+#define SCAN_BODY 1   /* a body goes on past the buffer: read it from the packet */
+#define SCAN_NEED 2   /* no complete line left in the buffer */
+#define SCAN_AGAIN 3  /* the line budget ran out: call again */
+#define SCAN_SKIP 4   /* in a long line */
+
+/* Every complete line in the buffer, and body bytes that lie inside it. */
+GLOBAL int http_scan(struct pscal *sc, struct http_conn *c, struct scratch *s)
+{
+	struct http_dir *d;
+	__u32 k, have;
+	int lf;
+
+	if (!sc || !c || !s)
+		return SCAN_STOP;
+	d = dir_of(c, sc);
+	for (k = 0; k < MAX_LINES; k++) {
+		__u8 st = d->state;
+
+		if (sc->stop || c->dead)
+			return SCAN_STOP;
+		if (st == PS_BODY || st == PS_CHUNK_DATA) {
+			have = sc->blen > sc->bpos ? sc->blen - sc->bpos : 0;
+			if (d->remaining > have || sc->bpos < sc->carry)
+				return SCAN_BODY;
+			add_body(sc, c, d->remaining);
+			consume_to(sc, sc->bpos + (__u32)d->remaining);
+			d->remaining = 0;
+			if (st == PS_CHUNK_DATA)
+				d->state = PS_CHUNK_END;
+			else
+				message_done(sc, c);
+			continue;
+		}
+		if (st == PS_EOF || st == PS_OPAQUE || st == PS_UNSYNCED)
+			return SCAN_BODY;
+		if (d->flags & DF_SKIPLINE)
+			return SCAN_SKIP;
+		if (sc->bpos >= sc->blen)
+			return SCAN_NEED;
+		if (st == PS_IDLE && sc->bpos >= sc->carry && !d->msg_start_ns)
+			d->msg_start_ns = sc->now;
+		if (st == PS_HEADERS && http_fast_headers(sc, c, s) == FAST_MORE)
+			return SCAN_NEED;
+		if (sc->stop || c->dead)
+			return SCAN_STOP;
+		lf = http_find_lf(s, sc->bpos, sc->blen);
+		if (lf < 0)
+			return SCAN_NEED;
+		http_one_line(sc, c, s, sc->bpos, (__u32)lf);
+		if (!sc->stop)
+			consume_to(sc, (__u32)lf + 1);
+	}
+	return SCAN_AGAIN;
+}
+
+/* One parser step: lines from the buffer, body bytes from the packet, or a
+ * (re)load of the buffer. 1 stops. */
+static long step(__u32 idx, struct pctx *p)
+{
+	struct pscal *sc = &p->sc;
+	struct http_conn *c = p->c;
+	struct http_dir *d = &c->dir[sc->di & 1];
+	__u32 avail, n;
+	bool at_end;
+	int r;
+
+	if (sc->stop || c->dead)
+		return 1;
+	if (sc->off >= sc->end && (sc->blen == 0 || sc->bpos >= sc->blen))
+		return 1;
+	avail = sc->end - sc->off;
+	switch (d->state) {
+	case PS_BODY:
+	case PS_CHUNK_DATA: {
+		__u64 take = d->remaining < avail ? d->remaining : avail;
+
+		drop_buf(sc);
+		d->remaining -= take;
+		add_body(sc, c, take);
+		sc->off += take;
+		if (d->remaining == 0) {
+			if (d->state == PS_CHUNK_DATA)
+				d->state = PS_CHUNK_END;
+			else
+				message_done(sc, c);
+		}
+		return 0;
+	}
+	case PS_EOF:
+		drop_buf(sc);
+		add_body(sc, c, avail);
+		sc->off = sc->end;
+		return 1;
+	case PS_OPAQUE:
+	case PS_UNSYNCED:
+		sc->off = sc->end;
+		return 1;
+	}
+	/* line states need the bytes in the buffer */
+	if (sc->blen == 0 || sc->bpos >= sc->blen) {
+		drop_buf(sc);
+		if (load(p, 0))
+			return 1;
+	}
+	r = http_scan(sc, c, p->s);
+	if (r == SCAN_STOP)
+		return 1;
+	if (r == SCAN_AGAIN)
+		return 0;
+	if (r == SCAN_BODY) {
+		drop_buf(sc);
+		return 0;
+	}
+	if (r == SCAN_SKIP) {
+		http_skip_line(sc, c, p->s);
+		return 0;
+	}
+	/* SCAN_NEED: no line end in the rest of the buffer */
+	if (sc->bpos >= sc->blen) {
+		drop_buf(sc);
+		return 0;
+	}
+	n = sc->blen - sc->bpos;
+	at_end = buf_at_end(sc);
+	if (at_end && n <= HTTP_CARRY_MAX) {
+		/* the line continues in the next segment */
+		if (http_save_carry(sc, c, p->s, sc->bpos))
+			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+		sc->stop = 1;
+		return 1;
+	}
+	if (sc->bpos > 0 && sc->bpos >= sc->carry && !at_end) {
+		/* a partial line at the end of the buffer: reload from it */
+		drop_buf(sc);
+		return 0;
+	}
+	if (d->state == PS_IDLE && !d->msg_start_ns)
+		d->msg_start_ns = sc->now;
+	http_long_line(sc, c, p->s);
+	if (sc->stop || !(d->flags & DF_SKIPLINE))
+		return 0;
+	if (!(d->flags & DF_LONGSTART)) {
+		http_skip_line(sc, c, p->s);
+		return 0;
+	}
+	/* a long request line: keep its tail in view for its version */
+	{
+		__u32 from = sc->blen > TAIL ? sc->blen - TAIL : 0;
+
+		d->hdr_len = from - sc->bpos;
+		if (at_end) {
+			if (http_save_carry(sc, c, p->s, from))
+				go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+			sc->stop = 1;
+			return 1;
+		}
+		consume_to(sc, from > sc->carry ? from : sc->carry);
+		drop_buf(sc);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- identity */
+
+static __always_inline __u64 mix(__u64 h, __u64 v)
+{
+	h ^= v;
+	h *= 0x9e3779b97f4a7c15ULL;
+	return h ^ (h >> 29);
+}
+
+/* Hash of the identity part (everything before the tgids). */
+static __always_inline __u64 edge_hash(const struct http_edge *e)
+{
+	const __u64 *w = (const __u64 *)e;
+	__u64 h = 0x243f6a8885a308d3ULL;
+	__u32 i;
+
+	for (i = 0; i < offsetof(struct http_edge, tgid) / 8; i++)
+		h = mix(h, w[i]);
+	return h ? h : 1;
+}
+
+static __always_inline bool edge_same(const struct http_edge *a, const struct http_edge *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	__u32 i;
+
+	for (i = 0; i < offsetof(struct http_edge, tgid) / 8; i++)
+		if (x[i] != y[i])
+			return false;
+	return true;
+}
+
+static __always_inline bool is_loopback(__u16 family, const __u8 *a)
+{
+	if (family == AF_INET)
+		return a[0] == 127;
+	{
+		const __u64 *w = (const __u64 *)a;
+
+		return w[0] == 0 && w[1] == bpf_cpu_to_be64(1);
+	}
+}
+
+/* The edge id of a new connection; 0 when it cannot be tracked. */
+static __always_inline __u64 edge_of(const struct sock *sk, const struct http_owner *o, __u8 role,
+				     __u16 *lp, __u16 *rp)
+{
+	struct http_edge e = {};
+	struct http_edge *known;
+	__u16 lport = 0, rport = 0;
+	__u64 h;
+	__u32 tries;
+
+	e.netns = sock_netns(sk);
+	e.cgroup_id = sock_cgroup_id(sk);
+	e.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	read_sock_tuple(sk, e.family, e.laddr, e.raddr, &lport, &rport);
+	e.role = role;
+	*lp = lport;
+	*rp = rport;
+	if (role == HTTP_ROLE_CLIENT) {
+		e.port = rport;
+		if (o) {
+			e.tgid = o->tgid;
+			__builtin_memcpy(e.comm, o->comm, HTTP_COMM_LEN);
+		}
+	} else {
+		struct http_listen_key lk = {.netns = e.netns, .port = lport};
+
+		o = bpf_map_lookup_elem(&http_listeners, &lk);
+		struct http_endpoint_key ek = {};
+		struct http_endpoint *peer;
+
+		e.port = lport;
+		if (o) {
+			e.tgid = o->tgid;
+			__builtin_memcpy(e.comm, o->comm, HTTP_COMM_LEN);
+		}
+		ek.netns = is_loopback(e.family, e.raddr) ? e.netns : 0;
+		__builtin_memcpy(ek.addr, e.raddr, 16);
+		ek.port = rport;
+		peer = bpf_map_lookup_elem(&http_endpoints, &ek);
+		if (peer) {
+			e.peer_known = 1;
+			e.peer_netns = peer->netns;
+			e.peer_cgroup_id = peer->cgroup_id;
+			e.peer_tgid = peer->tgid;
+			__builtin_memcpy(e.peer_comm, peer->comm, HTTP_COMM_LEN);
+		}
+	}
+	h = edge_hash(&e);
+	for (tries = 0; tries < 4; tries++) {
+		known = bpf_map_lookup_elem(&http_edges, &h);
+		if (known) {
+			if (edge_same(known, &e))
+				return h;
+			h = h * 0x9e3779b97f4a7c15ULL + 1; /* a hash collision: probe on */
+			if (!h)
+				h = 1;
+			continue;
+		}
+		if (bpf_map_update_elem(&http_edges, &h, &e, BPF_NOEXIST) == 0)
+			return h;
+		if (!bpf_map_lookup_elem(&http_edges, &h)) {
+			stat_add(&http_stats, HTTP_STAT_EDGES_FULL, 1);
+			return 0;
+		}
+		/* another CPU inserted it: check it on the next round */
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- packets */
+
+/* First bytes of a packet from an untracked connection: a request start?
+ * Creates the connection's storage; 1 if it did. */
+GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egress)
+{
+	struct bpf_sock *bsk, *fs;
+	struct tcp_sock *tp;
+	const struct sock *sk;
+	struct http_owner *o;
+	struct http_conn *c;
+	struct scratch *s;
+	__u64 w = 0;
+	__u32 plen, n, base_resp, mlen = 0;
+	__u8 role = egress ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
+	bool first, resp_known;
+
+	if (!skb || skb->len <= poff)
+		return 0;
+	plen = skb->len - poff;
+	n = plen < 8 ? plen : 8;
+	if (n == 0 || n > 8 || bpf_skb_load_bytes(skb, poff, &w, n))
+		return 0;
+	if (!method_prefix(w, n))
+		return 0;
+	bsk = skb->sk;
+	if (!bsk)
+		return 0;
+	fs = bpf_sk_fullsock(bsk);
+	if (!fs)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 0;
+	sk = (const struct sock *)tp;
+	/* The connection's first data? TCP counts data bytes sent (including this
+	 * packet: egress runs after the counters moved) and received (not yet
+	 * this packet: ingress runs before TCP sees it). */
+	if (egress) {
+		first = tp->bytes_sent == plen;
+		base_resp = tp->rcv_nxt - (__u32)tp->bytes_received;
+		resp_known = true;
+	} else {
+		first = seq == tp->rcv_nxt && tp->bytes_received == 0;
+		base_resp = tp->snd_nxt;
+		resp_known = tp->bytes_sent == 0;
+	}
+	method_of(w, &mlen);
+	/* mid-stream (a connection older than us): a whole method token */
+	if (!first && (!mlen || plen < 16))
+		return 0;
+	s = scratch();
+	if (!s)
+		return 0;
+	c = &s->conn;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->role = role;
+	/* a whole method and its space: HTTP from here on, and anything wrong is
+	 * counted; only a prefix ("GE"): quietly dropped if it is not HTTP */
+	c->tentative = !mlen;
+	o = egress ? bpf_sk_storage_get(&http_owners, fs, 0, 0) : 0;
+	c->edge = edge_of(sk, o, role, &c->lport, &c->rport);
+	if (!c->edge)
+		return 0;
+	c->id = bpf_get_socket_cookie(skb);
+	c->dir[0].next_seq = seq;
+	c->dir[0].state = PS_IDLE;
+	c->dir[1].next_seq = base_resp;
+	c->dir[1].state = first && resp_known ? PS_IDLE : PS_UNSYNCED;
+	if (!bpf_sk_storage_get(&http_conns, fs, c, BPF_SK_STORAGE_GET_F_CREATE)) {
+		stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
+		return 0;
+	}
+	stat_add(&http_stats, HTTP_STAT_LIVE, 1);
+	return 1;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, bool egress)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	struct bpf_sock *bsk = skb->sk;
+	struct tcphdr *th;
+	struct http_conn *c;
+	struct http_dir *d;
+	struct pctx p = {};
+	struct pscal *sc = &p.sc;
+	__u32 l4off, poff, plen, seq, di;
+	__s32 delta;
+	bool fin;
+
+	if (!bsk)
+		return 1;
+	if (skb->protocol == ETH_P_IP_BE) {
+		struct iphdr *ip = data;
+
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
+			return 1;
+		l4off = ip->ihl * 4;
+	} else if (skb->protocol == ETH_P_IPV6_BE) {
+		struct ipv6hdr *ip6 = data;
+
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
+			return 1;
+		l4off = sizeof(*ip6);
+	} else {
+		return 1;
+	}
+	if (l4off < 20 || l4off > 60)
+		return 1;
+	th = data + l4off;
+	if ((void *)(th + 1) > data_end)
+		return 1;
+	poff = l4off + th->doff * 4;
+	fin = th->fin;
+	if (skb->len < poff)
+		return 1;
+	plen = skb->len - poff;
+	if (!plen && !fin)
+		return 1; /* a bare ACK */
+	bsk = bpf_sk_fullsock(bsk);
+	if (!bsk)
+		return 1;
+	seq = bpf_ntohl(th->seq);
+	c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
+	if (!c) {
+		if (!plen || !http_conn_new(skb, seq, poff, egress))
+			return 1;
+		c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
+		if (!c)
+			return 1;
+	}
+	if (c->dead)
+		return 1;
+	p.s = scratch();
+	if (!p.s)
+		return 1;
+	di = (c->role == HTTP_ROLE_CLIENT) == egress ? 0 : 1;
+	d = &c->dir[di];
+	p.skb = skb;
+	p.c = c;
+	sc->now = bpf_ktime_get_ns();
+	sc->id = c->id;
+	sc->di = di;
+	sc->off = poff;
+	sc->end = poff + plen;
+	if (d->state == PS_UNSYNCED) {
+		/* a response can only be trusted from a segment that starts one */
+		__u64 w = 0;
+
+		if (plen < 8 || bpf_skb_load_bytes(skb, poff, &w, 8) ||
+		    (w & 0xffffffffffffffULL) != STR8('H', 'T', 'T', 'P', '/', '1', '.', 0) ||
+		    !c->count)
+			return 1;
+		d->next_seq = seq;
+		d->state = PS_IDLE;
+	}
+	delta = (__s32)(seq - d->next_seq);
+	if (delta < 0) {
+		/* retransmitted or overlapping: parse only the new bytes */
+		__u32 old = (__u32)(-delta);
+
+		if (old >= plen)
+			return 1;
+		sc->off += old;
+		seq += old;
+		delta = 0;
+	}
+	if (delta > 0) {
+		/* bytes we did not see: fine inside a body of known length */
+		if ((d->state == PS_BODY || d->state == PS_CHUNK_DATA) &&
+		    d->remaining >= (__u64)delta) {
+			d->remaining -= delta;
+			add_body(sc, c, delta);
+		} else if (d->state == PS_EOF) {
+			add_body(sc, c, delta);
+		} else if (d->state != PS_OPAQUE) {
+			go_dead(sc, c, HTTP_STAT_GAP);
+			return 1;
+		}
+	}
+	d->next_seq = seq + (sc->end - sc->off);
+	if (sc->end > sc->off)
+		d->last_ns = sc->now;
+	if (d->flags & DF_CARRY) {
+		/* the start of a split line waits in http_carry */
+		__u64 ck = c->id * 2 + di;
+		struct http_carry *cv = bpf_map_lookup_elem(&http_carry, &ck);
+		__u32 clen;
+
+		d->flags &= ~DF_CARRY;
+		if (!cv) {
+			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+			return 1;
+		}
+		clen = cv->len;
+		if (clen > HTTP_CARRY_MAX)
+			clen = HTTP_CARRY_MAX;
+		__builtin_memcpy(p.s->buf, cv->bytes, HTTP_CARRY_MAX);
+		if (sc->end > sc->off) {
+			bpf_map_delete_elem(&http_carry, &ck);
+			if (load(&p, clen)) {
+				go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
+				return 1;
+			}
+		} else {
+			d->flags |= DF_CARRY; /* nothing new (a bare FIN): keep it */
+		}
+	}
+	if (sc->end > sc->off || sc->blen)
+		bpf_loop(MAX_STEPS, step, &p, 0);
+	if (!c->dead && !sc->stop && (sc->off < sc->end || (sc->blen && sc->bpos < sc->blen)))
+		go_dead(sc, c, HTTP_STAT_TOO_COMPLEX);
+	/* a response delimited by the connection's end */
+	if (fin && !c->dead && di == 1 && d->state == PS_EOF) {
+		sc->now = d->last_ns ? d->last_ns : sc->now;
+		response_done(sc, c);
+	}
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int http_egress(struct __sk_buff *skb)
+{
+	return handle(skb, true);
+}
+
+SEC("cgroup_skb/ingress")
+int http_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, false);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+/* The connection ends: a response delimited by it ends too; requests still
+ * waiting for an answer are counted as such. */
+static __always_inline void conn_close(struct sock *sk)
+{
+	struct http_conn *c = bpf_sk_storage_get(&http_conns, sk, 0, 0);
+	struct pscal sc = {};
+	__u64 ck;
+
+	if (!c)
+		return;
+	if (!c->dead) {
+		struct http_dir *d = &c->dir[1];
+
+		sc.id = c->id;
+		sc.di = 1;
+		if (d->state == PS_EOF && c->count && !(d->flags & DF_UNMATCHED)) {
+			/* a response delimited by the connection's end, without a FIN seen */
+			sc.now = d->last_ns ? d->last_ns : bpf_ktime_get_ns();
+			http_record(&sc, c, REC_RESPONSE);
+		}
+		/* an early response whose request never ended */
+		sc.now = bpf_ktime_get_ns();
+		http_record(&sc, c, REC_DEFERRED);
+		if (c->count)
+			stat_add(&http_stats, HTTP_STAT_NO_RESPONSE, c->count);
+		drop_pending(c);
+	}
+	ck = c->id * 2;
+	bpf_map_delete_elem(&http_carry, &ck);
+	ck = c->id * 2 + 1;
+	bpf_map_delete_elem(&http_carry, &ck);
+	if (!bpf_sk_storage_delete(&http_conns, sk))
+		stat_add(&http_stats, HTTP_STAT_LIVE, -1);
+}
+
+static __always_inline void owner_from_current(struct http_owner *o)
+{
+	o->tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(o->comm, HTTP_COMM_LEN);
+}
+
+static __always_inline void endpoint_key(struct sock *sk, struct http_endpoint_key *ek)
+{
+	__u8 raddr[16] = {};
+	__u16 lport = 0, rport = 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	read_sock_tuple(sk, family, ek->addr, raddr, &lport, &rport);
+	ek->netns = is_loopback(family, ek->addr) ? sock_netns(sk) : 0;
+	ek->port = lport;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(http_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_LISTEN) {
+		struct http_listen_key k = {.netns = sock_netns(sk),
+					    .port = sk->__sk_common.skc_num};
+		struct http_owner o = {};
+
+		owner_from_current(&o);
+		bpf_map_update_elem(&http_listeners, &k, &o, BPF_ANY);
+	} else if (oldstate == TCP_LISTEN) {
+		if (newstate == TCP_CLOSE) {
+			struct http_listen_key k = {.netns = sock_netns(sk),
+						    .port = sk->__sk_common.skc_num};
+
+			bpf_map_delete_elem(&http_listeners, &k);
+		}
+	} else if (newstate == TCP_SYN_SENT) {
+		/* connect(): the caller owns the socket */
+		struct http_owner *o = bpf_sk_storage_get(&http_owners, sk, 0,
+							  BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (o)
+			owner_from_current(o);
+	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
+		/* the local end is bound now: the server side looks its client up here */
+		struct http_owner *o = bpf_sk_storage_get(&http_owners, sk, 0, 0);
+		struct http_endpoint_key ek = {};
+		struct http_endpoint ep = {};
+
+		endpoint_key(sk, &ek);
+		ep.netns = sock_netns(sk);
+		ep.cgroup_id = sock_cgroup_id(sk);
+		if (o) {
+			ep.tgid = o->tgid;
+			__builtin_memcpy(ep.comm, o->comm, HTTP_COMM_LEN);
+		}
+		bpf_map_update_elem(&http_endpoints, &ek, &ep, BPF_ANY);
+	} else if (newstate == TCP_CLOSE) {
+		conn_close(sk);
+		if (oldstate != TCP_SYN_SENT && bpf_sk_storage_get(&http_owners, sk, 0, 0)) {
+			struct http_endpoint_key ek = {};
+
+			endpoint_key(sk, &ek);
+			if (ek.port)
+				bpf_map_delete_elem(&http_endpoints, &ek);
+		}
+	}
+	return 0;
+}
+
+/* Ring buffer records and values only used through pointers: name the types
+ * once so they are in the object's BTF for the user-side layout check. */
+const struct http_sample *unused_http_sample __attribute__((unused));
+const struct http_carry *unused_http_carry __attribute__((unused));
+/* ...and the enums whose values user space mirrors (probes/http.py). */
+const enum http_stat *unused_http_stat __attribute__((unused));
+const enum http_method *unused_http_method __attribute__((unused));
+const enum http_role *unused_http_role __attribute__((unused));
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
