@@ -15,8 +15,9 @@ map, losing whatever the kernel added in between.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -112,11 +113,18 @@ def _raise_to(t: Totals, floor: Totals) -> None:
             t.labeled[key] = n
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def ip_text(family: int, raw: bytes) -> str:
+    """Address text as Python's ipaddress writes it; IPv4-mapped IPv6 as IPv4.
+    inet_ntop, not ipaddress: this runs for every new socket."""
+    raw = bytes(raw)
     if family == 2:
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
-    addr = ipaddress.IPv6Address(bytes(raw[:16]))
-    return str(addr.ipv4_mapped or addr)
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw[:16])
 
 
 def service_name(workload: str, ip: str, port: int) -> str:
@@ -127,10 +135,7 @@ def service_name(workload: str, ip: str, port: int) -> str:
 
 
 def is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
+    return ip.startswith("127.") or ip == "::1"
 
 
 class Namer:
@@ -143,6 +148,10 @@ class Namer:
         self.identity = identity
         # (netns or 0, ip, port) -> workload, for local ends of sockets we saw
         self.endpoints: dict[tuple[int, str, int], str] = {}
+        # When each endpoint was last learned, oldest first, so a churn of short
+        # connections does not grow the directory without bound.
+        self._learned: OrderedDict[tuple[int, str, int], float] = OrderedDict()
+        self.clock: Callable[[], float] = time.monotonic
         self.listeners: dict[tuple[int, int], str] = {}  # (netns, port) -> workload
         # Features that can name an address no local socket holds (e.g. from DNS
         # answers) add a lookup here; the first answer wins.
@@ -160,7 +169,22 @@ class Namer:
         return netns if is_loopback(ip) else 0
 
     def learn(self, s: Sock, workload: str) -> None:
-        self.endpoints[(self._scope(s.netns, s.laddr), s.laddr, s.lport)] = workload
+        key = (self._scope(s.netns, s.laddr), s.laddr, s.lport)
+        self.endpoints[key] = workload
+        self._learned[key] = self.clock()
+        self._learned.move_to_end(key)
+
+    def forget_older_than(self, seconds: float) -> None:
+        """Drop endpoints not learned again for this long (their sockets are gone;
+        live ones are bound to their edges already)."""
+        limit = self.clock() - seconds
+        learned = self._learned
+        while learned:
+            key, when = next(iter(learned.items()))
+            if when >= limit:
+                break
+            del learned[key]
+            self.endpoints.pop(key, None)
 
     def set_listeners(self, listeners: dict[tuple[int, int], str]) -> None:
         self.listeners = listeners

@@ -85,6 +85,9 @@ class Agent:
         self.last_udp: tuple[np.ndarray, np.ndarray] | None = None
         self.last_records: dict[str, list[bytes]] = {}
         self.on_tcp_event: Callable[[np.ndarray], None] | None = None
+        self.max_backlog = 20000  # records waiting before they are accounted early
+        self._backlogged = threading.Event()
+        self._accountant: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -130,6 +133,8 @@ class Agent:
         self.startup_seconds = time.monotonic() - t0
         self._poller = threading.Thread(target=self._poll_loop, name="ringbuf", daemon=True)
         self._poller.start()
+        self._accountant = threading.Thread(target=self._account_loop, name="account", daemon=True)
+        self._accountant.start()
         return self.statuses
 
     def _start_features(self) -> None:
@@ -158,9 +163,10 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._poller:
-            self._poller.join(timeout=2)
-            self._poller = None
+        for thread in (self._poller, self._accountant):
+            if thread:
+                thread.join(timeout=5)
+        self._poller = self._accountant = None
         with self._ring_lock:
             self.rings.free()
         for feat in self.features:
@@ -188,8 +194,20 @@ class Agent:
                 if self._stop.is_set():
                     return
                 self.rings.consume()
+            # Account a backlog now rather than at the next scrape: records wait
+            # in memory until then (a churn of 20k connections/s is 40k a second).
+            # Another thread does it, so this one keeps draining meanwhile.
+            if self.on_tcp_event is None and self.backlog() > self.max_backlog:
+                self._backlogged.set()
             if self.on_tcp_event is not None:
                 self._deliver_trace()
+
+    def _account_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._backlogged.wait(0.5):
+                self._backlogged.clear()
+                if not self._stop.is_set():
+                    self.refresh(force=True)
 
     def _deliver_trace(self) -> None:
         with self._ring_lock:
@@ -236,10 +254,14 @@ class Agent:
                 )
             for feat in self.features:
                 feat.account()
+            self.namer.forget_older_than(120.0)
             self._last_refresh = time.monotonic()
             self.self_stats.refreshes += 1
             self.self_stats.refresh_seconds += time.perf_counter() - t0
             return True
+
+    def backlog(self) -> int:
+        return sum(len(p) for p in self._pending.values())
 
     def _redrain(self, probe: str) -> list[bytes]:
         with self._ring_lock:
@@ -266,21 +288,34 @@ class Agent:
 # -- decoding kernel rows into accounting inputs ---------------------------
 
 
+_DIR_SERVER = {
+    int(tcpflow.Dir.UNKNOWN): None,
+    int(tcpflow.Dir.ACTIVE): False,
+    int(tcpflow.Dir.PASSIVE): True,
+}
+
+
 def _tcp_sock(v: np.void) -> Sock:
-    d = int(v["dir"])
-    fam = int(v["family"])
-    return Sock(
-        tgid=int(v["tgid"]),
-        comm=_comm(bytes(v["comm"])),
-        netns=int(v["netns"]),
-        cgroup_id=int(v["cgroup_id"]),
-        family=fam,
-        laddr=ip_text(fam, bytes(v["laddr"])),
-        lport=int(v["lport"]),
-        raddr=ip_text(fam, bytes(v["raddr"])),
-        rport=int(v["rport"]),
-        is_server=None if d == tcpflow.Dir.UNKNOWN else d == tcpflow.Dir.PASSIVE,
-    )
+    return _tcp_socks(v.reshape(1) if v.shape else np.array([v]))[0]
+
+
+def _tcp_socks(rows: np.ndarray) -> list[Sock]:
+    """Socks of many flow values or records at once: columns to lists first,
+    per-row numpy access costs microseconds."""
+    fams = rows["family"].tolist()
+    laddrs = [bytes(x) for x in rows["laddr"]]
+    raddrs = [bytes(x) for x in rows["raddr"]]
+    out = []
+    for tgid, comm, netns, cg, fam, la, lp, ra, rp, d in zip(
+        rows["tgid"].tolist(), rows["comm"].tolist(), rows["netns"].tolist(),
+        rows["cgroup_id"].tolist(), fams, laddrs, rows["lport"].tolist(), raddrs,
+        rows["rport"].tolist(), rows["dir"].tolist(), strict=True,
+    ):  # fmt: skip
+        out.append(
+            Sock(tgid, _comm(comm), netns, cg, fam, ip_text(fam, la), lp, ip_text(fam, ra), rp,
+                 _DIR_SERVER.get(d))
+        )  # fmt: skip
+    return out
 
 
 def _tcp_live(
@@ -350,23 +385,35 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
         return
     ev = tcpflow.decode_events(recs)
     health = health_matrix(ev)
-    for i in range(len(ev)):
-        e = ev[i]
-        kind = _KINDS.get(int(e["type"]))
+    socks: list[Sock] | None = None  # decoded once, for all, on first need
+
+    def sock_of(i: int) -> Sock:
+        nonlocal socks
+        if socks is None:
+            socks = _tcp_socks(ev)
+        return socks[i]
+
+    cols = zip(
+        ev["type"].tolist(), ev["sk"].tolist(), ev["start_ns"].tolist(),
+        ev["bytes_sent"].tolist(), ev["bytes_received"].tolist(), ev["sends"].tolist(),
+        ev["recvs"].tolist(), ev["flags"].tolist(), ev["resets_sent"].tolist(),
+        ev["error"].tolist(), strict=True,
+    )  # fmt: skip
+    for i, (typ, sk, start, bs, br, ns, nr, flags, rst, err) in enumerate(cols):
+        kind = _KINDS.get(typ)
         if kind is None:
             continue  # trace-only records
-        labeled = _reset_labels(e)
+        labeled = _reset_labels(ev[i]) if rst else {}
         if kind == "failed":
-            labeled[("connect_failed", kernel_enums.connect_failure(int(e["error"])))] = 1
-        sk = int(e["sk"])
+            labeled[("connect_failed", kernel_enums.connect_failure(err))] = 1
         yield Record(
-            (sk, int(e["start_ns"])),
+            (sk, start),
             sk,
-            (lambda e=e: _tcp_sock(e)),
-            Flow(int(e["bytes_sent"]), int(e["bytes_received"]), int(e["sends"]), int(e["recvs"])),
+            (lambda i=i: sock_of(i)),
+            (bs, br, ns, nr),
             # a late record copies the flags too, but the close record already
             # brought the opening
-            kind != "late" and bool(int(e["flags"]) & tcpflow.Flag.OPENED),
+            kind != "late" and bool(flags & 1),  # TCPFLOW_F_OPENED
             kind,
             health[i],
             labeled,

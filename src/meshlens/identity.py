@@ -319,6 +319,9 @@ class IdentityResolver:
         Addresses are read again only on a miss, at most every miss_interval
         seconds, or at once when a new namespace appeared: each read runs `ip`
         once per namespace, too dear to do on a timer with many namespaces."""
+        inum = self._addrs.get(ip)  # text from inet_ntop is already canonical
+        if inum is not None:
+            return inum
         try:
             text = str(ipaddress.ip_address(ip))
         except ValueError:

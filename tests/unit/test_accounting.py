@@ -269,3 +269,16 @@ def test_redrained_record_of_a_socket_counted_live_waits_a_refresh(book: FlowBoo
     t = book.table.totals()[SRC]
     assert (t.request_bytes, t.closed) == (49, 2)
     assert book.vanished == 0
+
+
+def test_endpoint_directory_forgets_old_entries() -> None:
+    clock = Clock()
+    namer = Namer(FakeIdentity())
+    namer.clock = clock
+    for port in range(100):
+        namer.learn(client(lport=port), "frontend")
+    clock.t = 50.0
+    namer.learn(client(lport=7), "frontend")  # learned again: kept
+    clock.t = 130.0
+    namer.forget_older_than(120.0)
+    assert list(namer.endpoints) == [(0, "198.18.0.1", 7)]

@@ -175,7 +175,7 @@ class HttpProbe(CgroupProbe):
         routes: bool = False,
         max_routes: int = 100,
         samples_per_second: float = 0.0,
-        ringbuf_bytes: int = 1 << 20,
+        ringbuf_bytes: int = 256 << 10,
     ) -> None:
         super().__init__()
         if max_routes < 1:
