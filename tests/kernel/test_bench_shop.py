@@ -164,7 +164,11 @@ def test_agent_counts_a_fixed_number_of_requests_exactly(nothing_left: list[Any]
     }
     counted = [r for r in rows if r["observed"] is not None]
     wrong = [r for r in counted if r["observed"] != r["truth"]]
-    assert not wrong, wrong
+    assert not wrong, "\n".join(
+        f"{r['protocol']} {r['edge']} {r.get('reporter', '')} {r['metric']}: "
+        f"observed {r['observed']} truth {r['truth']}"
+        for r in wrong
+    )
     grpc_edges = {r["edge"] for r in counted if r["protocol"] == "grpc" and r["truth"]}
     assert "frontend→currency" in grpc_edges and "checkout→payment" in grpc_edges
     if "http" in run.result.probes:
