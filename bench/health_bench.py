@@ -68,7 +68,8 @@ def scrape(port: int) -> dict[str, float]:
 def start_agent(mode: str, port: int) -> subprocess.Popen[bytes] | None:
     if mode == "none":
         return None
-    args = [sys.executable, "-m", "meshlens.cli", "run", "--quiet", "--listen", f"127.0.0.1:{port}"]
+    args = [sys.executable, "-m", "meshlens.cli", "run", "--quiet", "--bpf-stats"]
+    args += ["--listen", f"127.0.0.1:{port}"]
     if mode == "core":
         args += ["--features", "none", "--no-tcp-health"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -35,7 +35,7 @@ class AgentConfig:
     max_series: int = 10000
     min_refresh_interval: float = 1.0
     strict: bool = False
-    bpf_stats: bool = True
+    bpf_stats: bool = False  # kernel.bpf_stats_enabled costs every program run two clock reads
     probes: tuple[str, ...] = ("tcpflow", "udpflow")
     tcp_health: bool = True  # tcpflow's per-socket health hooks
     features: tuple[str, ...] | None = None  # None: every feature in meshlens.features

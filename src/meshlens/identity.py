@@ -147,11 +147,21 @@ class IdentityResolver:
             self._addrs_at = None  # a new namespace: its addresses are news too
         self._netns = found
 
+    def _still(self, name: str, inum: int) -> bool:
+        try:
+            return os.stat(os.path.join(self._netns_dir, name)).st_ino == inum
+        except OSError:
+            return False
+
     def netns_name(self, netns_inum: int) -> str | None:
         """`ip netns` name of a namespace; None for the host's or an unnamed one."""
         if netns_inum == self.host_netns_inum():
             return None
         name = self._netns.get(netns_inum)
+        if name is not None and not self._still(name, netns_inum):
+            # deleted since, and its inode number reused by a newer namespace
+            self._scan_netns()
+            name = self._netns.get(netns_inum)
         # A namespace not seen before is rescanned for at once (it may have been
         # named a moment ago); one already missed waits for the interval.
         first_miss = (

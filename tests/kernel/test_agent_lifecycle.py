@@ -45,7 +45,7 @@ def get(url: str) -> str:
 def test_run_serves_and_detaches_on_signal(sig: signal.Signals) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [*MESHLENS, "run", "--listen", f"127.0.0.1:{port}", "--quiet"],
+        [*MESHLENS, "run", "--listen", f"127.0.0.1:{port}", "--quiet", "--bpf-stats"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -1,0 +1,358 @@
+"""HTTP overhead benchmark: nginx under wrk at saturation, the same run with and
+without the agent, interleaved round by round so that drift on a shared host
+hits both alike.
+
+    python bench/http_bench.py [--rounds 5] [--seconds 6] [--connections 32]
+                               [--modes none,http,full] [--json FILE]
+
+nginx (1 worker, pinned to CPU 0) serves a 612-byte file from one lab host;
+wrk (1 thread, --connections keep-alive connections, pinned to CPU 1) drives it
+from the other. Modes: `none` (no agent), `http` (an agent with the core
+probes and the http feature only), `http-only` (the http feature alone),
+`...-nostats` (without kernel.bpf_stats_enabled), `stats` (only
+bpf_stats enabled, no program), `full` (`meshlens run`: every feature).
+For each run: throughput, p50/p99 latency (wrk --latency), the agent
+process's CPU (utime+stime from /proc), and the kernel time of the http
+programs per request (bpf_stats, which the agent enables). Prints a markdown
+table of medians over the rounds (docs/bench/http.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from meshlens.lab import Host, Lab
+
+CONF = """daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off; keepalive_requests 100000000;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    server {{ listen {addr}:8080; root {d}/www; }}
+}}
+"""
+
+AGENT_HTTP = """
+import signal, sys, time
+from meshlens.agent import Agent, AgentConfig
+a = Agent(AgentConfig(features=("http",), probes=PROBES, bpf_stats=STATS))
+a.start()
+print("ready", flush=True)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while not stop:
+    time.sleep(1)
+    a.refresh()
+a.stop()
+"""
+
+
+STATS_ONLY = """
+import signal, time
+from meshlens import _libbpf
+fd = _libbpf.enable_run_time_stats()
+print("ready", flush=True)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while not stop:
+    time.sleep(0.2)
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_prog_stats() -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over loaded programs named http_*."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, timeout=30)
+    t = n = 0
+    for p in json.loads(out.stdout or b"[]"):
+        if p.get("name", "").startswith("http_"):
+            t += p.get("run_time_ns", 0)
+            n += p.get("run_cnt", 0)
+    return t, n
+
+
+def to_us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    return float(m[1]) * {"us": 1, "ms": 1e3, "s": 1e6}[m[2]]
+
+
+def start_agent(mode: str, tries: int = 3) -> subprocess.Popen[bytes] | None:
+    """Start the agent in `mode`; a failed start (another feature that does not
+    load at this moment, a busy port) is retried."""
+    for attempt in range(tries):
+        try:
+            return _start_agent(mode)
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(2)
+    return None
+
+
+def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
+    if mode == "none":
+        return None
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    if mode.startswith("http"):
+        # http: core probes + the http feature; http-only: no core probes;
+        # -nostats: without kernel.bpf_stats_enabled (it costs every BPF
+        # program on the host two clock reads per run)
+        probes = "()" if "only" in mode else "('tcpflow', 'udpflow')"
+        stats = "False" if "nostats" in mode else "True"
+        code = AGENT_HTTP.replace("PROBES", probes).replace("STATS", stats)
+        argv = [sys.executable, "-c", code]
+    elif mode == "stats":
+        argv = [sys.executable, "-c", STATS_ONLY]
+    else:
+        with socket.socket() as sk:  # a free port for its /metrics
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        argv = [sys.executable, "-m", "meshlens.cli", "run", "--quiet", "--interval", "1",
+                "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+    # not a pipe: a chatty agent must never block on it
+    errlog = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the agent)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errlog, env=env)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith((b"ready", b"meshlens ")):
+            return proc
+    proc.kill()
+    errlog.seek(0)
+    err = errlog.read().decode(errors="replace")[-500:]
+    raise RuntimeError(f"agent ({mode}) did not start: {err}")
+
+
+def stop_agent(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def one_run(cli: Host, url: str, args: argparse.Namespace, agent: Any) -> dict[str, Any]:
+    c0 = cpu_seconds(agent.pid) if agent else 0.0
+    b0 = http_prog_stats()
+    t0 = time.monotonic()
+    r = cli.run(
+        "taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s",
+        "--latency", url, timeout=args.seconds + 60,
+    )  # fmt: skip
+    wall = time.monotonic() - t0
+    b1 = http_prog_stats()
+    c1 = cpu_seconds(agent.pid) if agent else 0.0
+    out = r.stdout.decode()
+    n = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    agent_cores = (c1 - c0) / wall
+    return {
+        "rps": rps,
+        "requests": n,
+        "p50_us": to_us(lat["50"]),
+        "p99_us": to_us(lat["99"]),
+        "agent_cores": agent_cores,
+        "agent_cores_per_1k_rps": agent_cores / (rps / 1000) if rps else 0.0,
+        "bpf_ns_per_request": (b1[0] - b0[0]) / n if n and agent else 0.0,
+        "bpf_runs_per_request": (b1[1] - b0[1]) / n if n and agent else 0.0,
+    }
+
+
+CGROUP = "/sys/fs/cgroup/unified/meshlens-http-bench"
+
+
+def in_cgroup(host: Host, *cmd: str) -> list[str]:
+    """argv that joins the bench cgroup, then runs cmd in the host's netns
+    (`ip netns exec` hides the cgroup mount, so join first)."""
+    return ["sh", "-c", f'echo $$ > {CGROUP}/cgroup.procs && exec "$@"', "sh",
+            "ip", "netns", "exec", host.name, *cmd]  # fmt: skip
+
+
+def scoped(args: argparse.Namespace) -> int:
+    """Kernel cost alone: A/B pairs, programs attached to a cgroup of nginx and wrk."""
+    from meshlens import _libbpf
+    from meshlens.probes import http as hp
+    from meshlens.probes.base import cgroup2_root
+
+    class ScopedProbe(hp.HttpProbe):
+        def attach(self) -> None:
+            assert self.obj
+            for prog in self.obj.programs.values():
+                if prog.section.startswith("cgroup"):
+                    self.obj.links.append(prog.attach_cgroup(CGROUP))
+
+    assert cgroup2_root() == str(Path(CGROUP).parent), "cgroup v2 is not at the expected root"
+    os.makedirs(CGROUP, exist_ok=True)
+    stats_fd = _libbpf.enable_run_time_stats()
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    try:
+        with Lab(2) as lab, tempfile.TemporaryDirectory(prefix="meshlens-bench-") as d:
+            srv, cli = lab.hosts
+            os.chmod(d, 0o755)
+            (Path(d) / "www").mkdir()
+            (Path(d) / "www" / "index.html").write_bytes(b"x" * 612)
+            (Path(d) / "nginx.conf").write_text(CONF.format(d=d, addr=srv.addr))
+            ng = subprocess.Popen(in_cgroup(srv, "taskset", "-c", "0", "nginx", "-c",
+                                            f"{d}/nginx.conf", "-p", d))  # fmt: skip
+            url = f"http://{srv.addr}:8080/index.html"
+            time.sleep(1)
+            probe = ScopedProbe()
+            probe.start()  # loaded once; only its links come and go
+
+            def run(attached: bool) -> dict[str, Any]:
+                if attached:
+                    probe.attach()
+                s0 = probe.program_stats()
+                r = subprocess.run(
+                    in_cgroup(cli, "taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}",
+                              f"-d{args.seconds}s", "--latency", url),
+                    capture_output=True, timeout=args.seconds + 60, check=True,
+                )  # fmt: skip
+                s1 = probe.program_stats()
+                if attached:
+                    for link in probe.obj.links if probe.obj else []:
+                        link.destroy()
+                    if probe.obj:
+                        probe.obj.links.clear()
+                out = r.stdout.decode()
+                n = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+                lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+                ns = sum(s1[k].run_time_ns - s0[k].run_time_ns for k in s1)
+                return {
+                    "rps": n / args.seconds,
+                    "p50_us": to_us(lat["50"]),
+                    "p99_us": to_us(lat["99"]),
+                    "bpf_ns_per_request": ns / n if n else 0,
+                }
+
+            for i in range(args.scoped_pairs):
+                a, b = (run(False), run(True)) if i % 2 == 0 else (run(True), run(False))[::-1]
+                pairs.append((a, b))
+                print(f"pair {i} {json.dumps(a)} {json.dumps(b)}", file=sys.stderr, flush=True)
+            probe.close()
+            ng.terminate()
+            ng.wait(timeout=10)
+    finally:
+        if stats_fd is not None:
+            os.close(stats_fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(CGROUP)
+    loss = statistics.median(1 - b["rps"] / a["rps"] for a, b in pairs)
+    p99 = statistics.median(b["p99_us"] - a["p99_us"] for a, b in pairs)
+    p50 = statistics.median(b["p50_us"] - a["p50_us"] for a, b in pairs)
+    ns = statistics.median(b["bpf_ns_per_request"] for _, b in pairs)
+    rps = statistics.median(a["rps"] for a, _ in pairs)
+    print("| pairs | requests/s without | throughput loss | p50 added µs | p99 added µs "
+          "| BPF ns/request |")  # fmt: skip
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| {len(pairs)} | {rps:.0f} | {100 * loss:.1f} % | {p50:.0f} | {p99:.0f} | {ns:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(pairs, indent=1))
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=int, default=6)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--modes", default="none,http,full")
+    p.add_argument("--json", default=None, help="write every run here")
+    p.add_argument(
+        "--scoped-pairs", type=int, default=0, metavar="N",
+        help="instead: N pairs of runs with the http programs attached to a cgroup holding "
+        "only nginx and wrk, attached and detached between runs (no agent start-up in "
+        "between, no other traffic in the kernel time)",
+    )  # fmt: skip
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (BPF, network namespaces)", file=sys.stderr)
+        return 1
+    for tool in ("nginx", "wrk", "taskset", "bpftool"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing (make test-deps)", file=sys.stderr)
+            return 1
+    if args.scoped_pairs:
+        return scoped(args)
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    with Lab(2) as lab, tempfile.TemporaryDirectory(prefix="meshlens-bench-") as d:
+        srv, cli = lab.hosts
+        os.chmod(d, 0o755)
+        (Path(d) / "www").mkdir()
+        (Path(d) / "www" / "index.html").write_bytes(b"x" * 612)
+        (Path(d) / "nginx.conf").write_text(CONF.format(d=d, addr=srv.addr))
+        srv.popen("taskset", "-c", "0", "nginx", "-c", f"{d}/nginx.conf", "-p", d)
+        url = f"http://{srv.addr}:8080/index.html"
+        time.sleep(1)
+        cli.run("wrk", "-t1", "-c4", "-d1s", url, timeout=60)  # warm up
+        for rnd in range(args.rounds):
+            order = modes if rnd % 2 == 0 else list(reversed(modes))
+            for mode in order:
+                agent = start_agent(mode)
+                try:
+                    time.sleep(1)
+                    res = one_run(cli, url, args, agent)
+                finally:
+                    stop_agent(agent)
+                runs[mode].append(res)
+                print(f"round {rnd} {mode:5} {json.dumps(res)}", file=sys.stderr, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+    base = med.get("none")
+    # Loss paired round by round (each mode against `none` of the same round),
+    # then the median: drift on a shared host cancels out within a round.
+    paired = {
+        m: statistics.median(1 - r["rps"] / b["rps"] for r, b in zip(rs, runs["none"], strict=True))
+        for m, rs in runs.items()
+        if "none" in runs and m != "none"
+    }
+    print(
+        "| mode | requests/s | loss (paired) | p50 µs | p99 µs | p99 added µs | agent cores "
+        "| agent cores per 1k rps | BPF ns/request |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for m, v in med.items():
+        loss = f"{100 * paired[m]:.1f} %" if m in paired else "-"
+        added = f"{v['p99_us'] - base['p99_us']:.0f}" if base and m != "none" else "-"
+        print(
+            f"| {m} | {v['rps']:.0f} | {loss} | {v['p50_us']:.0f} | {v['p99_us']:.0f} | {added} "
+            f"| {v['agent_cores']:.4f} | {v['agent_cores_per_1k_rps']:.5f} "
+            f"| {v['bpf_ns_per_request']:.0f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
