@@ -11,22 +11,25 @@ import pytest
 from meshlens import _libbpf
 from meshlens.btf import Btf
 from meshlens.layout import Layout
-from meshlens.probes import tcpflow, udpflow
+from meshlens.probes import dns, http, tcpflow, tcphealth, udpflow
 from meshlens.probes.base import Probe, objects_dir
 
-OBJECTS = ("tcpflow.bpf.o", "udpflow.bpf.o")
-pytestmark = pytest.mark.skipif(
-    not all((objects_dir() / o).is_file() for o in OBJECTS),
-    reason="BPF objects not built (make build)",
-)
-
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
-PROBES = [(tcpflow, tcpflow.TcpFlowProbe), (udpflow, udpflow.UdpFlowProbe)]
+PROBES = [
+    (tcpflow, tcpflow.TcpFlowProbe),
+    (udpflow, udpflow.UdpFlowProbe),
+    (tcphealth, tcphealth.TcpHealthProbe),
+    (dns, dns.DnsProbe),
+    (http, http.HttpProbe),
+]
 
 
-@pytest.mark.parametrize(("module", "probe"), PROBES, ids=["tcpflow", "udpflow"])
+@pytest.mark.parametrize(("module", "probe"), PROBES, ids=[p.name for _, p in PROBES])
 def test_every_layout_matches_the_object(module: object, probe: type[Probe]) -> None:
-    btf = Btf.from_file(objects_dir() / f"{probe.name}.bpf.o")
+    obj = objects_dir() / f"{probe.name}.bpf.o"
+    if not obj.is_file():
+        pytest.skip(f"{obj.name} not built (make build)")
+    btf = Btf.from_file(obj)
     layouts = [v for v in vars(module).values() if isinstance(v, Layout)]
     assert layouts
     assert set(probe.layouts) == set(layouts)  # the probe checks every one at load
