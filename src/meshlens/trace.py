@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import signal
-import sys
-import threading
-import time
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from . import _libbpf as libbpf
 from .accounting import ip_text
 from .probes import tcpflow
+from .stream import stream
 
 # bcc prints these columns; widths follow bcc's for IPv4.
 HEADERS = {
@@ -85,8 +82,6 @@ def render(tool: str, f: dict[str, Any]) -> str:
             f["tx_bytes"] // 1024, f["rx_bytes"] // 1024, ms,
         )  # fmt: skip
     if tool == "tcpconnect":
-        import os
-
         result = "ok" if not f["error"] else os.strerror(f["error"])
         return "{:<7} {:<12.12} {:<2} {:<16} {:<16} {:<5} {}".format(
             pid, comm, f["ip"], f["laddr"], f["raddr"], f["rport"], result
@@ -98,46 +93,12 @@ def render(tool: str, f: dict[str, Any]) -> str:
 
 def run_trace(args: argparse.Namespace) -> int:
     probe = tcpflow.TcpFlowProbe(trace_opens=args.tool != "tcplife", wake_each=True)
-    try:
-        probe.start()
-    except Exception as exc:
-        print(f"meshlens: cannot load tcpflow: {exc}", file=sys.stderr)
-        return 1
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    pending: list[bytes] = []
-    rings = libbpf.RingBuffers()
-    rings.add(probe.map(tcpflow.EVENTS_MAP), pending.append)
-    out = sys.stdout
-    if not args.json:
-        head = HEADERS[args.tool]
-        out.write(("TIME     " + head if args.timestamp else head) + "\n")
-        out.flush()
-    deadline = time.monotonic() + args.duration if args.duration else None
-    try:
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            rings.poll(100)
-            rings.consume()  # whatever came without a wake-up
-            if not pending:
-                continue
-            events = tcpflow.decode_events(pending)
-            pending.clear()
-            for i in range(len(events)):
-                f = format_event(args.tool, events[i])
-                if f is None:
-                    continue
-                if args.json:
-                    out.write(json.dumps({"time": time.time(), **f}) + "\n")
-                else:
-                    line = render(args.tool, f)
-                    out.write(
-                        (time.strftime("%H:%M:%S ") + line if args.timestamp else line) + "\n"
-                    )
-            out.flush()
-    except BrokenPipeError:
-        pass
-    finally:
-        rings.free()
-        probe.close()
-    return 0
+
+    def rows(recs: list[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
+        events = tcpflow.decode_events(recs)
+        for i in range(len(events)):
+            f = format_event(args.tool, events[i])
+            if f is not None:
+                yield f, render(args.tool, f)
+
+    return stream(probe, tcpflow.EVENTS_MAP, HEADERS[args.tool], rows, args)

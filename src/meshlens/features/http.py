@@ -11,11 +11,7 @@ turns rows into per-label totals). No per-request work reaches user space.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +24,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from .. import _libbpf as libbpf
 from .. import httpmsg
 from ..exporter import ISTIO_LABELS, istio_labels
 from ..probes import http as probe
-from . import Feature, TraceTool, drain
+from ..stream import stream
+from . import Feature, TraceTool
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -206,40 +202,9 @@ class HttpTrace(TraceTool):
             print("meshlens: --rate must be in (0, 100000]", file=sys.stderr)
             return 2
         p = probe.HttpProbe(samples_per_second=args.rate, max_series=4096)
-        try:
-            p.start()
-        except Exception as exc:
-            print(f"meshlens: cannot load http: {exc}", file=sys.stderr)
-            return 1
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        pending: list[bytes] = []
-        rings = libbpf.RingBuffers()
-        rings.add(p.map(probe.SAMPLES_MAP), pending.append)
-        out = sys.stdout
-        if not args.json:
-            out.write(("TIME     " + httpmsg.HEADER if args.timestamp else httpmsg.HEADER) + "\n")
-            out.flush()
-        deadline = time.monotonic() + args.duration if args.duration else None
-        try:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                rings.poll(100)
-                recs = drain(pending)
-                if not recs:
-                    continue
-                for s in httpmsg.decode_samples(probe.decode_samples(recs)):
-                    if args.json:
-                        out.write(json.dumps({"time": time.time(), **s.as_dict()}) + "\n")
-                    else:
-                        line = httpmsg.render(s)
-                        out.write(
-                            (time.strftime("%H:%M:%S ") + line if args.timestamp else line) + "\n"
-                        )
-                out.flush()
-        except BrokenPipeError:
-            pass
-        finally:
-            rings.free()
-            p.close()
-        return 0
+
+        def rows(recs: list[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
+            for smp in httpmsg.decode_samples(probe.decode_samples(recs)):
+                yield smp.as_dict(), httpmsg.render(smp)
+
+        return stream(p, probe.SAMPLES_MAP, httpmsg.HEADER, rows, args)

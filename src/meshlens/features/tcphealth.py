@@ -217,16 +217,20 @@ def _stream(args: argparse.Namespace, interval: float, emit: Any) -> int:
     return 0
 
 
-class TcpDrop(TraceTool):
+class _IntervalTool(TraceTool):
+    """An interval view of kernel aggregates: `-i SECONDS` between lines."""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-i", "--interval", type=float, default=1.0)
+
+
+class TcpDrop(_IntervalTool):
     """Drops with the kernel's reason, as counts per interval (a drop storm must
     not become an event storm)."""
 
     name = "tcpdrop"
     help = "packet drops with the kernel's reason, per interval (bcc tcpdrop)"
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-i", "--interval", type=float, default=1.0)
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
@@ -256,13 +260,9 @@ class TcpDrop(TraceTool):
         return _stream(args, args.interval, emit)
 
 
-class TcpSynbl(TraceTool):
+class TcpSynbl(_IntervalTool):
     name = "tcpsynbl"
     help = "accept-queue length at SYN time per listener (bcc tcpsynbl)"
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-i", "--interval", type=float, default=1.0)
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
@@ -347,13 +347,9 @@ class TcpRtt(TraceTool):
         return _stream(args, args.interval, emit)
 
 
-class TcpRetrans(TraceTool):
+class TcpRetrans(_IntervalTool):
     name = "tcpretrans"
     help = "retransmitted segments per connection and type, per interval (bcc tcpretrans -c)"
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-i", "--interval", type=float, default=1.0)
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
@@ -401,13 +397,9 @@ class TcpRetrans(TraceTool):
         return _stream(args, args.interval, emit)
 
 
-class TcpReset(TraceTool):
+class TcpReset(_IntervalTool):
     name = "tcpreset"
     help = "TCP resets sent and received per edge with the kernel's reason, per interval"
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-i", "--interval", type=float, default=1.0)
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
