@@ -240,10 +240,7 @@ def scoped(args: argparse.Namespace) -> int:
                 )  # fmt: skip
                 s1 = probe.program_stats()
                 if attached:
-                    for link in probe.obj.links if probe.obj else []:
-                        link.destroy()
-                    if probe.obj:
-                        probe.obj.links.clear()
+                    probe.detach()
                 out = r.stdout.decode()
                 n = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
                 lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))

@@ -703,7 +703,7 @@ def bench_sendloop(quick: bool) -> dict[str, Any]:
 
 def _prog_stats(agent: Any) -> dict[str, tuple[int, int]]:
     out = {}
-    for probe in agent.probes:
+    for probe in agent.probes_and_chain():
         for prog, st in probe.program_stats().items():
             out[prog] = (st.run_time_ns, st.run_cnt)
     return out

@@ -18,6 +18,7 @@
  * linear header; all DNS work is in global subprograms, verified once each. */
 #include "meshlens.bpf.h"
 #include "dns.h"
+#include "skbchain.h"
 
 #define CLOCK_MONOTONIC 1
 #define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
@@ -704,13 +705,17 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 SEC("cgroup_skb/egress")
 int dns_egress(struct __sk_buff *skb)
 {
-	return handle(skb, true);
+	handle(skb, true);
+	SKBCHAIN_NEXT_EGRESS(skb);
+	return 1;
 }
 
 SEC("cgroup_skb/ingress")
 int dns_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, false);
+	handle(skb, false);
+	SKBCHAIN_NEXT_INGRESS(skb);
+	return 1;
 }
 
 /* Name record types and enums once so they are in the object's BTF. */

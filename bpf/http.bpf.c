@@ -18,6 +18,7 @@
  * connection's exchanges at its close. See docs/http.md. */
 #include "meshlens.bpf.h"
 #include "http.h"
+#include "skbchain.h"
 
 #define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
 #define ETH_P_IPV6_BE 0xDD86 /* htons(0x86DD) */
@@ -1968,13 +1969,17 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 SEC("cgroup_skb/egress")
 int http_egress(struct __sk_buff *skb)
 {
-	return handle(skb, true);
+	handle(skb, true);
+	SKBCHAIN_NEXT_EGRESS(skb);
+	return 1;
 }
 
 SEC("cgroup_skb/ingress")
 int http_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, false);
+	handle(skb, false);
+	SKBCHAIN_NEXT_INGRESS(skb);
+	return 1;
 }
 
 /* ---------------------------------------------------------------- lifecycle */

@@ -8,6 +8,7 @@
  * Counters only grow and are never deleted by user space. */
 #include "meshlens.bpf.h"
 #include "tcphealth.h"
+#include "skbchain.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
@@ -191,8 +192,7 @@ int BPF_PROG(tcphealth_synack_retrans, struct sock *sk, struct request_sock *req
  * tcp_conn_request() (SYN) or the request-socket / cookie check (the ACK that
  * completes a handshake). Either one is dropped as a ListenOverflow when the
  * accept queue is full at that point; this sees the same queue length. */
-SEC("cgroup_skb/ingress")
-int tcphealth_listen(struct __sk_buff *skb)
+static __always_inline int listen_check(struct __sk_buff *skb)
 {
 	struct bpf_sock *bsk = skb->sk;
 	struct tcphealth_listen_value *v;
@@ -235,6 +235,14 @@ int tcphealth_listen(struct __sk_buff *skb)
 			slot = TCPHEALTH_BACKLOG_SLOTS - 1;
 		__sync_fetch_and_add(&v->backlog_hist[slot], 1);
 	}
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int tcphealth_listen(struct __sk_buff *skb)
+{
+	listen_check(skb);
+	SKBCHAIN_NEXT_INGRESS(skb);
 	return 1;
 }
 

@@ -9,6 +9,7 @@
  * record, so every datagram is reported exactly once. */
 #include "meshlens.bpf.h"
 #include "udpflow.h"
+#include "skbchain.h"
 
 #define CLOCK_MONOTONIC 1
 #define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
@@ -273,13 +274,17 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 SEC("cgroup_skb/egress")
 int udpflow_egress(struct __sk_buff *skb)
 {
-	return handle(skb, true);
+	handle(skb, true);
+	SKBCHAIN_NEXT_EGRESS(skb);
+	return 1;
 }
 
 SEC("cgroup_skb/ingress")
 int udpflow_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, false);
+	handle(skb, false);
+	SKBCHAIN_NEXT_INGRESS(skb);
+	return 1;
 }
 
 /* Ring buffer records are only ever void pointers to the compiler: name the

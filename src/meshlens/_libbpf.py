@@ -72,6 +72,7 @@ _map_value_size = _fn("bpf_map__value_size", _c.c_uint32, _vp)
 _map_max_entries = _fn("bpf_map__max_entries", _c.c_uint32, _vp)
 _map_set_max_entries = _fn("bpf_map__set_max_entries", _c.c_int, _vp, _c.c_uint32)
 _map_initial_value = _fn("bpf_map__initial_value", _vp, _vp, _c.POINTER(_c.c_size_t))
+_map_reuse_fd = _fn("bpf_map__reuse_fd", _c.c_int, _vp, _c.c_int)
 _prog_name = _fn("bpf_program__name", _c.c_char_p, _vp)
 _prog_section = _fn("bpf_program__section_name", _c.c_char_p, _vp)
 _prog_fd = _fn("bpf_program__fd", _c.c_int, _vp)
@@ -294,6 +295,12 @@ class Map:
         ret = _map_set_max_entries(self._ptr, n)
         if ret:
             raise LibbpfError(_errno(ret), f"set max_entries of {self.name}")
+
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: use an existing map (another object's) instead of creating one."""
+        ret = _map_reuse_fd(self._ptr, fd)
+        if ret:
+            raise LibbpfError(_errno(ret), f"reuse fd {fd} for map {self.name}")
 
     def _value_buf_size(self) -> int:
         if self.type in _PERCPU_TYPES:

@@ -161,6 +161,13 @@ class Agent:
                 self.probes.append(probe)
                 self.statuses.append(probe.status)
 
+    def probes_and_chain(self) -> list[Probe]:
+        """The probes, plus the cgroup_skb chain that runs their cgroup programs."""
+        from .probes import skbchain
+
+        chain = skbchain.current()
+        return [*self.probes, chain] if chain and self.probes else list(self.probes)
+
     def stop(self) -> None:
         self._stop.set()
         for thread in (self._poller, self._accountant):

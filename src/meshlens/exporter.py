@@ -297,7 +297,7 @@ def self_families(a: Agent) -> Iterator[Metric]:
     runs = CounterMetricFamily(
         "meshlens_bpf_program_runs", "Times each BPF program ran.", labels=["probe", "program"]
     )
-    for probe in a.probes:
+    for probe in a.probes_and_chain():
         for prog, st in probe.program_stats().items():
             run_time.add_metric([probe.name, prog], st.run_time_ns / 1e9)
             runs.add_metric([probe.name, prog], st.run_cnt)

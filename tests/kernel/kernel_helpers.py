@@ -153,7 +153,7 @@ def bpftool(*args: str) -> Any:
     return json.loads(p.stdout or b"[]")
 
 
-OUR_PROGS = ("tcpflow_", "udpflow_", "tcphealth_", "dns_", "http_")
+OUR_PROGS = ("tcpflow_", "udpflow_", "tcphealth_", "dns_", "http_", "skbchain_")
 
 
 def our_prog_ids() -> set[int]:

@@ -9,10 +9,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import _libbpf as libbpf
 from ..btf import Btf
 from ..layout import Layout
+
+if TYPE_CHECKING:
+    from .skbchain import Membership
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ class Probe:
         self.obj: libbpf.BpfObject | None = None
         self.btf: Btf | None = None
         self.status = ProbeStatus(self.name)
+        self.membership: Membership | None = None  # its place in the cgroup_skb chain
+        self.chain_targets: list[str] = []
 
     @property
     def path(self) -> Path:
@@ -81,10 +87,32 @@ class Probe:
         """Between load and attach: fill maps the programs read from the start."""
 
     def attach(self) -> None:
+        """cgroup_skb programs join the chain; other cgroup programs attach to the
+        cgroup-v2 root; the rest by section name."""
         assert self.obj
         for prog in self.obj.programs.values():
-            if prog.autoload:
+            if not prog.autoload:
+                continue
+            if self.membership and prog.section.startswith("cgroup_skb/"):
+                continue
+            if prog.section.startswith("cgroup"):
+                self.obj.links.append(prog.attach_cgroup(cgroup2_root()))
+            else:
                 self.obj.links.append(prog.attach())
+        if self.membership:
+            self.chain_targets = self.membership.fill(self)
+
+    def detach(self) -> None:
+        """Stop running without unloading (attach() again resumes)."""
+        assert self.obj
+        for link in self.obj.links:
+            link.destroy()
+        self.obj.links.clear()
+        if self.membership:
+            self.membership.suspend()
+
+    # The chain itself shares its arrays; everything else with them joins it.
+    is_chain = False
 
     # Programs the probe can run without, on kernels that refuse them (e.g. the
     # BTF-typed tracing type): a failed load is retried once without them.
@@ -96,6 +124,10 @@ class Probe:
         assert self.obj
         for name in skip:
             self.obj.programs[name].set_autoload(False)
+        if not self.is_chain and "skbchain_egress" in self.obj.maps:
+            from .skbchain import Membership
+
+            self.membership = Membership(self)
         self.obj.load()
         self.loaded()
         self.attach()
@@ -122,7 +154,7 @@ class Probe:
             self.status.error = str(exc)
             raise
         self.status.loaded = True
-        self.status.attached = [link.target for link in self.obj.links]
+        self.status.attached = [link.target for link in self.obj.links] + self.chain_targets
         self.status.load_seconds = time.monotonic() - t0
 
     def map(self, name: str) -> libbpf.Map:
@@ -130,11 +162,20 @@ class Probe:
         return self.obj.maps[name]
 
     def program_stats(self) -> dict[str, libbpf.ProgStats]:
+        """Run time and count per program; chain members have none of their own
+        (a tail call skips the kernel's accounting): the chain's programs count them."""
         if not self.obj:
             return {}
-        return {name: p.stats() for name, p in self.obj.programs.items()}
+        members = (
+            {name for _slot, name in self.membership.slots.values()} if self.membership else set()
+        )
+        return {name: p.stats() for name, p in self.obj.programs.items() if name not in members}
 
     def close(self) -> None:
+        if self.membership:
+            self.membership.leave()
+            self.membership = None
+            self.chain_targets = []
         if self.obj:
             self.obj.close()
             self.obj = None
@@ -142,10 +183,4 @@ class Probe:
 
 
 class CgroupProbe(Probe):
-    """A probe whose programs attach to the cgroup-v2 root (cgroup_skb, sock_ops)."""
-
-    def attach(self) -> None:
-        assert self.obj
-        root = cgroup2_root()
-        for prog in self.obj.programs.values():
-            self.obj.links.append(prog.attach_cgroup(root))
+    """A probe whose programs all run on the cgroup-v2 root (cgroup_skb, sock_ops)."""

@@ -205,19 +205,6 @@ class HttpProbe(CgroupProbe):
         # `trace http` wants each sample now; nothing else reads this ring.
         self.set_global("wakeup_bytes", 0)
 
-    def attach(self) -> None:
-        from .base import cgroup2_root
-
-        assert self.obj
-        root = cgroup2_root()
-        for prog in self.obj.programs.values():
-            if not prog.autoload:
-                continue
-            if prog.section.startswith("cgroup"):
-                self.obj.links.append(prog.attach_cgroup(root))
-            else:
-                self.obj.links.append(prog.attach())
-
     def read_aggs(self) -> tuple[np.ndarray, np.ndarray]:
         """Every aggregate as (keys, values) structured arrays, in one batch read."""
         keys, vals, n = self.map(AGGS_MAP).lookup_batch()

@@ -9,7 +9,7 @@ import enum
 import numpy as np
 
 from ..layout import Layout, layout
-from .base import Probe, cgroup2_root
+from .base import Probe
 
 EVENTS_MAP = "tcphealth_events"
 LISTENERS_MAP = "tcphealth_listeners"
@@ -72,15 +72,6 @@ class TcpHealthProbe(Probe):
     def configure(self) -> None:
         assert self.obj
         self.obj.maps[EVENTS_MAP].set_max_entries(self.max_keys)
-
-    def attach(self) -> None:
-        assert self.obj
-        root = cgroup2_root()
-        for prog in self.obj.programs.values():
-            if prog.section.startswith("cgroup_skb"):
-                self.obj.links.append(prog.attach_cgroup(root))
-            else:
-                self.obj.links.append(prog.attach())
 
     def read_events(self) -> tuple[np.ndarray, np.ndarray]:
         keys, vals, n = self.map(EVENTS_MAP).lookup_batch()
