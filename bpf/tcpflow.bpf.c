@@ -188,10 +188,11 @@ static __always_inline int account(const struct sock *sk, int ret, int flags, bo
 
 	if (ret <= 0 || !sk || (!send && (flags & MSG_PEEK_FLAG)))
 		return 0;
-	if (!is_tcp(sk))
-		return 0;
+	/* Only TCP sockets have entries: a hit needs no protocol read. */
 	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
 	if (!v) {
+		if (!is_tcp(sk))
+			return 0;
 		if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
 			emit_late(sk, 0, send ? ret : 0, send ? 0 : ret, send, !send, 0);
 			return 0;
