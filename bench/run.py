@@ -956,18 +956,17 @@ def bench_flows(quick: bool) -> dict[str, Any]:
 
 CORE_ONLY = (
     "import sys\n"
-    "from prometheus_client import CollectorRegistry, generate_latest\n"
     "from meshlens.agent import Agent, AgentConfig\n"
     "from meshlens.exporter import AgentCollector\n"
+    "from meshlens.exposition import Renderer\n"
     "a = Agent(AgentConfig(max_tcp_flows=262144, max_udp_flows=262144, features=()))\n"
     "a.start()\n"
-    "reg = CollectorRegistry(auto_describe=False)\n"
-    "reg.register(AgentCollector(a))\n"
+    "col, r = AgentCollector(a), Renderer()\n"
     "a.refresh(force=True)\n"
     "print('ready', sorted(p.name for p in a.probes), flush=True)\n"
     "for line in sys.stdin:\n"
     "    a.refresh(force=True)\n"
-    "    generate_latest(reg)\n"
+    "    r.render(col.collect())\n"
     "    print('scraped', flush=True)\n"
     "a.stop()\n"
 )
@@ -1062,10 +1061,9 @@ def _profiled(fn: Callable[[], Any]) -> tuple[float, cProfile.Profile]:
 
 
 def bench_profile(quick: bool) -> dict[str, Any]:
-    from prometheus_client import CollectorRegistry, generate_latest
-
     from meshlens.agent import Agent, AgentConfig
     from meshlens.exporter import AgentCollector
+    from meshlens.exposition import Renderer
 
     conns = 5000 if quick else 50000
     cfg = {"max_tcp_flows": MAX_FLOWS, "max_udp_flows": MAX_FLOWS}
@@ -1085,10 +1083,9 @@ def bench_profile(quick: bool) -> dict[str, Any]:
             }
             t, prof = _profiled(lambda: agent.refresh(force=True))
             out["warm_refresh"] = {"seconds": t, "top": _top(prof)}
-            reg = CollectorRegistry(auto_describe=False)
-            reg.register(AgentCollector(agent))
+            col, renderer = AgentCollector(agent), Renderer()
             time.sleep(1.1)  # past min_refresh_interval: a scrape refreshes, as in production
-            t, prof = _profiled(lambda: generate_latest(reg))
+            t, prof = _profiled(lambda: renderer.render(col.collect()))
             out["scrape"] = {"seconds": t, "top": _top(prof)}
             out["flows"] = len(agent.last_tcp[0]) if agent.last_tcp else 0
     finally:
@@ -1761,7 +1758,7 @@ def md_profile(p: dict[str, Any]) -> list[str]:
         "",
         *table(p["warm_refresh"]["top"]),
         "",
-        f"**A scrape** (`generate_latest`: refresh + exposition): {p['scrape']['seconds']:.2f} s",
+        f"**A scrape** (`Renderer.render`: refresh + exposition): {p['scrape']['seconds']:.2f} s",
         "",
         *table(p["scrape"]["top"][:8]),
         "",

@@ -189,8 +189,7 @@ def _preflight() -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
-
+    from . import exposition
     from .agent import Agent, AgentConfig
     from .exporter import AgentCollector
     from .summary import summary_lines
@@ -210,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
         options=vars(args),
     )
     agent = Agent(cfg)
+    server = None
     try:
         statuses = agent.start()
     except Exception as exc:
@@ -222,11 +222,9 @@ def _run(args: argparse.Namespace) -> int:
         if not agent.probes:
             print("meshlens: no probe could be loaded", file=sys.stderr)
             return 1
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(AgentCollector(agent))
         host, port = args.listen
         try:
-            start_http_server(port, addr=host, registry=registry)
+            server = exposition.serve(host, port, AgentCollector(agent).collect)
         except OSError as exc:
             print(f"meshlens: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             return 1
@@ -246,6 +244,9 @@ def _run(args: argparse.Namespace) -> int:
                     print(line, flush=True)
                 last = totals
     finally:
+        if server:
+            server.shutdown()  # no scrape reaches a stopped agent
+            server.server_close()
         agent.stop()
     print("meshlens: stopped; all programs detached.", flush=True)
     return 0

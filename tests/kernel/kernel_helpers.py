@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlens.accounting import Edge, Totals
 from meshlens.agent import Agent
 from meshlens.exporter import AgentCollector
+from meshlens.exposition import Renderer
 from meshlens.lab import Host
 from meshlens.loadgen import read_json_line
 
@@ -104,10 +104,9 @@ def udp_summary(t: Totals) -> dict[str, int]:
 
 
 def scrape(agent: Agent) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Render the agent's exposition and parse it back: sample name -> [(labels, value)]."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent))
-    text = generate_latest(registry).decode()
+    """Render the agent's exposition as /metrics does and parse it back:
+    sample name -> [(labels, value)]."""
+    text = Renderer().render(AgentCollector(agent).collect()).decode()
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
