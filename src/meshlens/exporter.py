@@ -297,10 +297,10 @@ def self_families(a: Agent) -> Iterator[Metric]:
     runs = CounterMetricFamily(
         "meshlens_bpf_program_runs", "Times each BPF program ran.", labels=["probe", "program"]
     )
-    for probe in a.probes_and_chain():
-        for prog, st in probe.program_stats().items():
-            run_time.add_metric([probe.name, prog], st.run_time_ns / 1e9)
-            runs.add_metric([probe.name, prog], st.run_cnt)
+    for loaded in a.probes_and_chain():
+        for prog, st in loaded.program_stats().items():
+            run_time.add_metric([loaded.name, prog], st.run_time_ns / 1e9)
+            runs.add_metric([loaded.name, prog], st.run_cnt)
     yield from (run_time, runs)
 
     overflow = CounterMetricFamily(

@@ -36,7 +36,8 @@ def format_value(v: float) -> str:
     prints them."""
     if isinstance(v, int):
         return str(v)
-    return floatToGoString(v)
+    text: str = floatToGoString(v)  # type: ignore[no-untyped-call]
+    return text
 
 
 class Renderer:

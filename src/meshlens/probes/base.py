@@ -153,6 +153,7 @@ class Probe:
             self.close()
             self.status.error = str(exc)
             raise
+        assert self.obj
         self.status.loaded = True
         self.status.attached = [link.target for link in self.obj.links] + self.chain_targets
         self.status.load_seconds = time.monotonic() - t0

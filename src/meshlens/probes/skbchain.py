@@ -136,9 +136,10 @@ class Membership:
                     self.chain.map(array_name(direction)).fd
                 )
             for prog in probe.obj.programs.values():
-                direction = direction_of(prog.section)
-                if not direction or not prog.autoload:
+                found = direction_of(prog.section)
+                if not found or not prog.autoload:
                     continue
+                direction = found
                 if direction in self.slots:
                     raise RuntimeError(
                         f"{probe.name}: two cgroup_skb/{direction} programs; the chain takes one"
