@@ -298,9 +298,9 @@ def self_families(a: Agent) -> Iterator[Metric]:
         "meshlens_bpf_program_runs", "Times each BPF program ran.", labels=["probe", "program"]
     )
     for loaded in a.probes_and_chain():
-        for prog, st in loaded.program_stats().items():
-            run_time.add_metric([loaded.name, prog], st.run_time_ns / 1e9)
-            runs.add_metric([loaded.name, prog], st.run_cnt)
+        for prog, pst in loaded.program_stats().items():
+            run_time.add_metric([loaded.name, prog], pst.run_time_ns / 1e9)
+            runs.add_metric([loaded.name, prog], pst.run_cnt)
     yield from (run_time, runs)
 
     overflow = CounterMetricFamily(
