@@ -83,11 +83,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def http_prog_stats() -> tuple[int, int]:
-    """(run_time_ns, run_cnt) summed over loaded programs named http_*."""
+    """(run_time_ns, run_cnt) summed over loaded programs named http_* or
+    skbchain_*: in an agent the http programs are tail-called members of the
+    cgroup_skb chain, which the kernel accounts to the chain's dispatchers
+    (docs/skbchain.md); with http alone in the chain that is the http time."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, timeout=30)
     t = n = 0
     for p in json.loads(out.stdout or b"[]"):
-        if p.get("name", "").startswith("http_"):
+        if p.get("name", "").startswith(("http_", "skbchain_")):
             t += p.get("run_time_ns", 0)
             n += p.get("run_cnt", 0)
     return t, n
