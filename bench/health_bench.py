@@ -31,6 +31,9 @@ from typing import Any
 
 from meshlens.lab import Host, Lab
 
+# tcphealth_listen is a member of the cgroup_skb chain (docs/skbchain.md): the kernel
+# accounts its time to skbchain_ingress_run, with the other members', so the health
+# figure below leaves it out and "all BPF" has it.
 HEALTH_PROGS = {
     "tcpflow_rtt",
     "tcpflow_retransmit",
