@@ -35,7 +35,7 @@ def _kernel_config() -> dict[str, str]:
     for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
         try:
             opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as f:  # type: ignore[operator]
+            with opener(path, "rt") as f:
                 out = {}
                 for line in f:
                     if line.startswith("CONFIG_"):

@@ -49,7 +49,7 @@ def _listening(table: Path) -> dict[int, int]:
 
 
 def _socket_inodes(proc: Path, pid: int) -> set[int]:
-    found = set()
+    found: set[int] = set()
     fd_dir = proc / str(pid) / "fd"
     try:
         names = os.listdir(fd_dir)

@@ -84,7 +84,7 @@ def _subclasses(base: type) -> Iterator[Any]:
                 isinstance(obj, type)
                 and issubclass(obj, base)
                 and obj is not base
-                and obj.name
+                and getattr(obj, "name", "")
                 and obj.__module__ == mod.__name__
             ):
                 yield obj
