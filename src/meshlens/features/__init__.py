@@ -84,7 +84,7 @@ def _subclasses(base: type) -> Iterator[Any]:
                 isinstance(obj, type)
                 and issubclass(obj, base)
                 and obj is not base
-                and getattr(obj, "name", "")
+                and getattr(obj, "name", None)
                 and obj.__module__ == mod.__name__
             ):
                 yield obj
