@@ -1823,7 +1823,9 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	return 1;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, bool egress)
+/* Not inlined: the chain's tail call after it must not add to the deepest
+ * call chain's stack, which is near the verifier's 512-byte limit. */
+static __noinline int handle(struct __sk_buff *skb, bool egress)
 {
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	struct bpf_sock *bsk = skb->sk;
