@@ -70,6 +70,26 @@ struct {
 	__type(value, struct http_conn);
 } http_conns SEC(".maps");
 
+/* A connection whose first request completed its handshake: the request was
+ * parsed with the listener as the packet's socket (skb->sk), before the
+ * connection's own socket existed. Its state waits here, keyed by the
+ * connection's addresses, until that socket is established (http_state). */
+struct http_synq_key {
+	__u64 netns;
+	__u8 laddr[16]; /* IPv4 as ::ffff:a.b.c.d, as a dual-stack socket has it */
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 __pad0;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct http_synq_key);
+	__type(value, struct http_conn);
+} http_synq SEC(".maps");
+
 struct http_carry {
 	__u32 len;
 	__u32 __pad0;
@@ -1747,6 +1767,21 @@ static __always_inline __u64 edge_of(const struct sock *sk, const struct http_ow
 
 /* ---------------------------------------------------------------- packets */
 
+/* Does the payload at poff start like a request line? Its first (up to) 8
+ * bytes in *w, its length in *plen. */
+static __always_inline bool method_start(struct __sk_buff *skb, __u32 poff, __u64 *w, __u32 *plen)
+{
+	__u32 n;
+
+	if (skb->len <= poff)
+		return false;
+	*plen = skb->len - poff;
+	n = *plen < 8 ? *plen : 8;
+	if (n == 0 || n > 8 || bpf_skb_load_bytes(skb, poff, w, n))
+		return false;
+	return method_prefix(*w, n);
+}
+
 /* First bytes of a packet from an untracked connection: a request start?
  * Creates the connection's storage; 1 if it did. */
 GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egress)
@@ -1758,17 +1793,11 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	struct http_conn *c;
 	struct scratch *s;
 	__u64 w = 0;
-	__u32 plen, n, base_resp, mlen = 0;
+	__u32 plen = 0, base_resp, mlen = 0;
 	__u8 role = egress ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
 	bool first, resp_known;
 
-	if (!skb || skb->len <= poff)
-		return 0;
-	plen = skb->len - poff;
-	n = plen < 8 ? plen : 8;
-	if (n == 0 || n > 8 || bpf_skb_load_bytes(skb, poff, &w, n))
-		return 0;
-	if (!method_prefix(w, n))
+	if (!skb || !method_start(skb, poff, &w, &plen))
 		return 0;
 	bsk = skb->sk;
 	if (!bsk)
@@ -1822,6 +1851,104 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	return 1;
 }
 
+/* An IPv4 address as its v4-mapped IPv6 form (the key of http_synq). */
+static __always_inline void v4_mapped(__u8 *out, __u32 a)
+{
+	__u32 *w = (__u32 *)out;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0xffff);
+	w[3] = a;
+}
+
+/* The key of http_synq from a packet the listener receives. */
+static __always_inline int synq_key_of_skb(struct __sk_buff *skb, struct bpf_sock *lsk,
+					   struct tcphdr *th, struct http_synq_key *k)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(lsk);
+	__u32 a[2];
+
+	if (!tp)
+		return -1;
+	k->netns = sock_netns((const struct sock *)tp);
+	if (skb->protocol == ETH_P_IP_BE) {
+		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, saddr), a, 8))
+			return -1;
+		v4_mapped(k->raddr, a[0]);
+		v4_mapped(k->laddr, a[1]);
+	} else {
+		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, saddr), k->raddr, 16) ||
+		    bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, daddr), k->laddr, 16))
+			return -1;
+	}
+	k->lport = bpf_ntohs(th->dest);
+	k->rport = bpf_ntohs(th->source);
+	return 0;
+}
+
+/* The same key from the connection's own socket (http_state). */
+static __always_inline void synq_key_of_sock(const struct sock *sk, struct http_synq_key *k)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 lport = 0, rport = 0;
+
+	k->netns = sock_netns(sk);
+	if (family == AF_INET) {
+		__u32 la = 0, ra = 0;
+
+		BPF_CORE_READ_INTO(&la, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&ra, sk, __sk_common.skc_daddr);
+		v4_mapped(k->laddr, la);
+		v4_mapped(k->raddr, ra);
+	} else {
+		bpf_core_read(k->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(k->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->lport = lport;
+	k->rport = rport;
+}
+
+/* The first data of a connection reaches its listener (it completes the
+ * handshake: the client's last ACK was lost, overtaken on another CPU, or
+ * dropped by TCP_DEFER_ACCEPT). Its state starts in http_synq, under an id
+ * made from the addresses (the socket's cookie does not exist yet); 1 if
+ * there is an entry now. */
+GLOBAL int http_synq_new(struct __sk_buff *skb, struct http_synq_key *k, __u32 seq, __u32 ack,
+			 __u32 poff)
+{
+	struct http_conn *c;
+	struct scratch *s;
+	const __u64 *w8;
+	__u64 w = 0, id = 0x452821e638d01377ULL;
+	__u32 plen = 0, mlen = 0, i;
+
+	if (!skb || !k || !method_start(skb, poff, &w, &plen))
+		return 0;
+	method_of(w, &mlen);
+	s = scratch();
+	if (!s)
+		return 0;
+	w8 = (const __u64 *)k;
+	for (i = 0; i < sizeof(*k) / 8; i++)
+		id = mix(id, w8[i]);
+	c = &s->conn;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->role = HTTP_ROLE_SERVER;
+	c->tentative = !mlen;
+	c->id = id | (1ULL << 63); /* never a cookie (those count up from 1) */
+	c->dir[0].next_seq = seq;
+	c->dir[0].state = PS_IDLE;
+	c->dir[1].next_seq = ack; /* the server has sent nothing but its SYN */
+	c->dir[1].state = PS_IDLE;
+	if (bpf_map_update_elem(&http_synq, k, c, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&http_synq, k))
+		return 0;
+	return 1;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, bool egress)
 {
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
@@ -1868,13 +1995,29 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 	if (!bsk)
 		return 1;
 	seq = bpf_ntohl(th->seq);
-	c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
-	if (!c) {
-		if (!plen || !http_conn_new(skb, seq, poff, egress))
+	if (bsk->state == BPF_TCP_LISTEN) {
+		/* data completing a handshake: the connection has no socket yet */
+		struct http_synq_key k = {};
+
+		if (egress || !plen || th->syn || synq_key_of_skb(skb, bsk, th, &k))
 			return 1;
+		c = bpf_map_lookup_elem(&http_synq, &k);
+		if (!c) {
+			if (!http_synq_new(skb, &k, seq, bpf_ntohl(th->ack_seq), poff))
+				return 1;
+			c = bpf_map_lookup_elem(&http_synq, &k);
+			if (!c)
+				return 1;
+		}
+	} else {
 		c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
-		if (!c)
-			return 1;
+		if (!c) {
+			if (!plen || !http_conn_new(skb, seq, poff, egress))
+				return 1;
+			c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
+			if (!c)
+				return 1;
+		}
 	}
 	if (c->dead)
 		return 1;
@@ -2014,6 +2157,41 @@ static __always_inline void conn_close(struct sock *sk)
 		stat_add(&http_stats, HTTP_STAT_LIVE, -1);
 }
 
+/* The server's socket of a connection whose first request came with its
+ * handshake is established: its state moves from http_synq into the socket. */
+static __always_inline void synq_adopt(struct sock *sk)
+{
+	struct http_synq_key k = {};
+	struct http_conn *v, *c = 0;
+	__u16 lport = 0, rport = 0;
+	__u64 edge, ck;
+
+	synq_key_of_sock(sk, &k);
+	v = bpf_map_lookup_elem(&http_synq, &k);
+	if (!v)
+		return;
+	edge = edge_of(sk, 0, HTTP_ROLE_SERVER, &lport, &rport);
+	if (edge) {
+		c = bpf_sk_storage_get(&http_conns, sk, v, BPF_SK_STORAGE_GET_F_CREATE);
+		if (c) {
+			c->edge = edge;
+			c->lport = lport;
+			c->rport = rport;
+			stat_add(&http_stats, HTTP_STAT_LIVE, 1);
+		} else {
+			stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
+		}
+	}
+	if (!c) {
+		drop_pending(v);
+		ck = v->id * 2;
+		bpf_map_delete_elem(&http_carry, &ck);
+		ck = v->id * 2 + 1;
+		bpf_map_delete_elem(&http_carry, &ck);
+	}
+	bpf_map_delete_elem(&http_synq, &k);
+}
+
 static __always_inline void owner_from_current(struct http_owner *o)
 {
 	o->tgid = bpf_get_current_pid_tgid() >> 32;
@@ -2057,6 +2235,8 @@ int BPF_PROG(http_state, struct sock *sk, int oldstate, int newstate)
 
 		if (o)
 			owner_from_current(o);
+	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+		synq_adopt(sk);
 	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
 		/* the local end is bound now: the server side looks its client up here */
 		struct http_owner *o = bpf_sk_storage_get(&http_owners, sk, 0, 0);
