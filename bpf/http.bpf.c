@@ -186,7 +186,6 @@ struct {
 struct http_rec {
 	__u64 dur;
 	__u64 ttfb;
-	__u64 end_ns;
 	__u64 req_bytes;
 	__u64 resp_bytes;
 	__u32 route;
@@ -196,7 +195,7 @@ struct http_rec {
 	__u8 b_ttfb;
 	__u8 b_req;
 	__u8 b_resp;
-	__u8 __pad0[5];
+	__u8 __pad0;
 };
 
 /* Value of http_links (below). */
@@ -214,7 +213,6 @@ struct scratch {
 	struct http_pending pending;
 	struct http_endpoint_key ek; /* keys and values too big for the stack */
 	struct http_link link;
-	struct http_rec rec;
 };
 
 struct {
@@ -473,7 +471,7 @@ GLOBAL int http_agg_add(__u64 edge, struct http_rec *x)
 
 /* One trace record of a sampled exchange; `peer`: the server's, by a linked client. */
 GLOBAL int http_sample_out(struct http_conn *c, struct http_rec *x, struct http_pending *pd,
-			   __u32 peer)
+			   __u64 end_ns, __u32 peer)
 {
 	struct http_sample *smp;
 	struct http_edge *e;
@@ -489,7 +487,7 @@ GLOBAL int http_sample_out(struct http_conn *c, struct http_rec *x, struct http_
 		return 0;
 	}
 	__builtin_memset(smp, 0, sizeof(*smp));
-	smp->end_ns = x->end_ns;
+	smp->end_ns = end_ns;
 	smp->duration_ns = x->dur;
 	smp->ttfb_ns = x->ttfb;
 	smp->request_bytes = x->req_bytes;
@@ -540,20 +538,15 @@ static __always_inline bool take_sample(__u64 now)
  * counts it for its server too. */
 GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 {
-	struct http_rec *x;
+	struct http_rec rec = {}, *x = &rec; /* on the stack: a nested run (softirq) may parse too */
 	struct http_req *r;
-	struct scratch *s;
+	__u64 end_ns;
 	__u64 resp_start, pkey;
 	__u32 slot, peer;
 	__u8 st0;
 
 	if (!sc || !c)
 		return 0;
-	s = scratch();
-	if (!s)
-		return 0;
-	x = &s->rec;
-	__builtin_memset(x, 0, sizeof(*x));
 	if (mode == REC_RESPONSE) {
 		if (!c->count)
 			return 0;
@@ -561,14 +554,14 @@ GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 		x->status = c->status;
 		x->resp_bytes = c->dir[1].body;
 		resp_start = c->dir[1].msg_start_ns;
-		x->end_ns = sc->now;
+		end_ns = sc->now;
 		c->head = (slot + 1) & (HTTP_FIFO - 1);
 		c->count--;
 		st0 = c->dir[0].state;
 		if (slot == (c->cur & (HTTP_FIFO - 1)) && st0 != PS_IDLE && st0 != PS_OPAQUE) {
 			c->def_resp_bytes = x->resp_bytes;
 			c->def_resp_start = resp_start;
-			c->def_end = x->end_ns;
+			c->def_end = end_ns;
 			c->def_status = x->status;
 			c->def_slot = slot;
 			c->def_pending = 1;
@@ -582,13 +575,13 @@ GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 		x->status = c->def_status;
 		x->resp_bytes = c->def_resp_bytes;
 		resp_start = c->def_resp_start;
-		x->end_ns = c->def_end;
+		end_ns = c->def_end;
 	}
 	r = &c->fifo[slot];
 	x->route = r->route;
 	x->method = r->method;
 	x->req_bytes = r->body;
-	x->dur = x->end_ns > r->start_ns ? x->end_ns - r->start_ns : 0;
+	x->dur = end_ns > r->start_ns ? end_ns - r->start_ns : 0;
 	x->ttfb = resp_start > r->start_ns ? resp_start - r->start_ns : 0;
 	if (x->ttfb > x->dur)
 		x->ttfb = x->dur;
@@ -610,9 +603,9 @@ GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 
 		if (!pd)
 			return 0;
-		http_sample_out(c, x, pd, 0);
+		http_sample_out(c, x, pd, end_ns, 0);
 		if (peer && take_sample(sc->now)) /* the server's sample: a token of its own */
-			http_sample_out(c, x, pd, 1);
+			http_sample_out(c, x, pd, end_ns, 1);
 		bpf_map_delete_elem(&http_pending, &pkey);
 	}
 	return 0;
