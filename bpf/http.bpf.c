@@ -213,6 +213,7 @@ struct scratch {
 	struct http_pending pending;
 	struct http_endpoint_key ek; /* keys and values too big for the stack */
 	struct http_link link;
+	struct http_synq_key synq; /* off the programs' stack (a listener's packets only) */
 };
 
 struct {
@@ -1992,7 +1993,15 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 		ep = bpf_map_lookup_elem(&http_endpoints, &s->ek);
 		if (ep && !bpf_map_update_elem(&http_links, &c->id, &s->link, BPF_ANY))
 			c->peer = PEER_OPEN;
-	} else if (!egress && first && resp_known && peer_id && peer_seq == seq) {
+	}
+	c = bpf_sk_storage_get(&http_conns, fs, c, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
+		if (s->conn.peer)
+			bpf_map_delete_elem(&http_links, &s->conn.id);
+		return 0;
+	}
+	if (!egress && first && resp_known && peer_id && peer_seq == seq) {
 		/* our client is a local socket that parses these same bytes */
 		struct http_link *l = bpf_map_lookup_elem(&http_links, &peer_id);
 
@@ -2002,12 +2011,6 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 			    LINK_OPEN)
 				c->dead = DEAD_PASSIVE;
 		}
-	}
-	if (!bpf_sk_storage_get(&http_conns, fs, c, BPF_SK_STORAGE_GET_F_CREATE)) {
-		stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
-		if (c->peer)
-			bpf_map_delete_elem(&http_links, &c->id);
-		return 0;
 	}
 	if (c->peer && ep) {
 		ep->http_seq = seq;
@@ -2163,15 +2166,20 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 	seq = bpf_ntohl(th->seq);
 	if (bsk->state == BPF_TCP_LISTEN) {
 		/* data completing a handshake: the connection has no socket yet */
-		struct http_synq_key k = {};
+		struct http_synq_key *k;
 
-		if (egress || !plen || th->syn || synq_key_of_skb(skb, bsk, th, &k))
+		p.s = scratch();
+		if (!p.s || egress || !plen || th->syn)
 			return 1;
-		c = bpf_map_lookup_elem(&http_synq, &k);
+		k = &p.s->synq;
+		__builtin_memset(k, 0, sizeof(*k));
+		if (synq_key_of_skb(skb, bsk, th, k))
+			return 1;
+		c = bpf_map_lookup_elem(&http_synq, k);
 		if (!c) {
-			if (!http_synq_new(skb, &k, seq, bpf_ntohl(th->ack_seq), poff))
+			if (!http_synq_new(skb, k, seq, bpf_ntohl(th->ack_seq), poff))
 				return 1;
-			c = bpf_map_lookup_elem(&http_synq, &k);
+			c = bpf_map_lookup_elem(&http_synq, k);
 			if (!c)
 				return 1;
 		}

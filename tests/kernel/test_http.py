@@ -208,6 +208,43 @@ def test_first_request_completing_the_handshake(http_agent: Agent, http_lab: Lab
     proc.terminate()
 
 
+def test_local_pair_parsed_once(http_agent: Agent, http_lab: Lab) -> None:
+    """Client and server both local: the client's socket parses for both reporters
+    (the server's socket hands it over at its first packet), so the destination's
+    times are the client's to the nanosecond; counts and sizes stay exact, and a
+    server that got its first request through the listener parses for itself."""
+    srv, cli = http_lab.hosts
+    names = {srv.name, cli.name}
+    proc, port = start_server(srv)
+    plan = [
+        {"method": "GET", "path": "/s/200/1234/0", "count": 7},
+        {"method": "POST", "path": "/s/201/77/3", "body": 5000, "count": 5},
+        {"method": "GET", "path": "/nothing", "count": 3},
+    ]
+    result = run_client(cli, srv.addr, port, plan, "--connections", "2", "--threads", "2")
+    truth = expected(plan, result)
+    series = wait_counts(http_agent, names, 15)
+    assert_exact(series, truth)
+    src, dst = (by(series, r, "code") for r in ("source", "destination"))
+    assert {c: v["duration_ns"] for c, v in src.items()} == {
+        c: v["duration_ns"] for c, v in dst.items()
+    }
+    proc.terminate()
+    proc.wait()
+    # through the listener (TCP_DEFER_ACCEPT): no hand-over, each side times itself
+    proc, port = start_server(srv, None, "--defer-accept")
+    run_client(cli, srv.addr, port, [{"method": "GET", "path": "/s/200/10/20", "count": 3}])
+    series = {
+        k: v
+        for k, v in wait_counts(http_agent, names, 15 + 3).items()
+        if k.edge.destination_service.endswith(f":{port}")
+    }
+    src, dst = (by(series, r, "code")["200"] for r in ("source", "destination"))
+    assert src["count"] == dst["count"] == 3
+    assert dst["duration_ns"] < src["duration_ns"]  # the server's own view is shorter
+    proc.terminate()
+
+
 def test_pipelining_split_lines_continue_close(http_agent: Agent, http_lab: Lab) -> None:
     srv, cli = http_lab.hosts
     proc, port = start_server(srv)
@@ -437,10 +474,11 @@ def test_trace_http_rate_limited(http_lab: Lab, bpf_ready: None) -> None:
     proc.terminate()
 
 
-def test_ipv6_exact(http_agent: Agent, lab6: Lab) -> None:
+@pytest.mark.parametrize("defer", [False, True], ids=["accepted", "first-request-via-listener"])
+def test_ipv6_exact(http_agent: Agent, lab6: Lab, defer: bool) -> None:
     srv, cli = lab6.hosts
     assert srv.addr6 and cli.addr6
-    proc, port = start_server(srv, srv.addr6)
+    proc, port = start_server(srv, srv.addr6, *(["--defer-accept"] if defer else []))
     plan = [{"method": "GET", "path": "/s/200/4321/0", "count": 7},
             {"method": "POST", "path": "/s/500/3/0", "body": 999, "count": 3}]  # fmt: skip
     result = run_client(cli, srv.addr6, port, plan, "--connections", "2", "--threads", "2")
