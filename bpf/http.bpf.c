@@ -71,6 +71,26 @@ struct {
 	__type(value, struct http_conn);
 } http_conns SEC(".maps");
 
+/* A connection whose first request completed its handshake: the request was
+ * parsed with the listener as the packet's socket (skb->sk), before the
+ * connection's own socket existed. Its state waits here, keyed by the
+ * connection's addresses, until that socket is established (http_state). */
+struct http_synq_key {
+	__u64 netns;
+	__u8 laddr[16]; /* IPv4 as ::ffff:a.b.c.d, as a dual-stack socket has it */
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 __pad0;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct http_synq_key);
+	__type(value, struct http_conn);
+} http_synq SEC(".maps");
+
 struct http_carry {
 	__u32 len;
 	__u32 __pad0;
@@ -163,12 +183,38 @@ struct {
 	__type(value, __u64);
 } http_rate SEC(".maps");
 
+/* One exchange, as http_record counts it. */
+struct http_rec {
+	__u64 dur;
+	__u64 ttfb;
+	__u64 req_bytes;
+	__u64 resp_bytes;
+	__u32 route;
+	__u16 status;
+	__u8 method;
+	__u8 b_dur; /* bucket indexes, computed once for both reporters */
+	__u8 b_ttfb;
+	__u8 b_req;
+	__u8 b_resp;
+	__u8 __pad0;
+};
+
+/* Value of http_links (below). */
+struct http_link {
+	__u64 peer_edge;
+	__u32 state; /* enum http_link_state */
+	__u32 __pad0;
+};
+
 struct scratch {
 	__u8 buf[BUF_SIZE + BUF_SLACK];
 	struct http_conn conn; /* initial value of a new connection */
 	struct http_agg agg;   /* zero: initial value of a new aggregate */
 	struct http_route route;
 	struct http_pending pending;
+	struct http_endpoint_key ek; /* keys and values too big for the stack */
+	struct http_link link;
+	struct http_synq_key synq; /* off the programs' stack (a listener's packets only) */
 };
 
 struct {
@@ -324,61 +370,82 @@ GLOBAL int http_find_lf(struct scratch *s, __u32 from, __u32 to)
 #define REC_RESPONSE 0 /* the oldest request's response just ended */
 #define REC_DEFERRED 1 /* the request of an early response ended (or its connection) */
 
-/* Count one exchange. REC_RESPONSE pops the oldest request; if that request
- * is still arriving (the server answered early), the response waits in the
- * connection until it has, so the request's size is whole. */
-GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
+/* Both ends of a connection local (the client's socket and the server's):
+ * the same bytes would be parsed twice, at the client's egress and at the
+ * server's ingress (and the responses the other way round). Instead the
+ * client's socket parses for both reporters. The client publishes its
+ * connection (its cookie and first byte) in its http_endpoints entry and an
+ * http_links entry; the server, at its first packet, finds that entry through
+ * the same endpoint lookup that names its client, and if both started at the
+ * same byte it hands the parsing over (LINK_MIRROR) and keeps only a passive
+ * state (dead == DEAD_PASSIVE). The client resolves the link once, at its
+ * first exchange (after the server has decided: the response follows its
+ * request), or earlier if it stops parsing (then LINK_DEAD: a server that has
+ * not decided yet parses for itself). */
+#define DEAD_PASSIVE 2 /* struct http_conn.dead: the peer's socket parses for this one */
+
+enum http_peer_state {
+	PEER_NONE = 0,   /* not published: the server (if local) parses for itself */
+	PEER_OPEN = 1,   /* published, not resolved yet */
+	PEER_LINKED = 2, /* this client parses for its server too (peer_edge) */
+	PEER_ALONE = 3,  /* resolved: the server parses for itself */
+};
+
+enum http_link_state {
+	LINK_OPEN = 0,
+	LINK_MIRROR = 1, /* the server left the parsing to the client */
+	LINK_DEAD = 2,   /* resolved without the server */
+};
+
+/* Client cookie -> link, from a client's first request to its resolution. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct http_link);
+} http_links SEC(".maps");
+
+/* How many reporters a client's exchanges and unparsed counts stand for: 2
+ * when its server's socket is local and left the parsing to it. Resolves a
+ * published link on first use. */
+GLOBAL __u32 http_reporters(struct http_conn *c)
+{
+	struct http_link *l;
+	__u64 id;
+
+	if (!c)
+		return 1;
+	if (c->peer == PEER_LINKED)
+		return 2;
+	if (c->peer != PEER_OPEN)
+		return 1;
+	id = c->id;
+	c->peer = PEER_ALONE;
+	l = bpf_map_lookup_elem(&http_links, &id);
+	if (!l)
+		return 1;
+	if (__sync_val_compare_and_swap(&l->state, LINK_OPEN, LINK_DEAD) == LINK_MIRROR) {
+		c->peer_edge = l->peer_edge;
+		c->peer = PEER_LINKED;
+	}
+	bpf_map_delete_elem(&http_links, &id);
+	return c->peer == PEER_LINKED ? 2 : 1;
+}
+
+/* Add one exchange to the aggregate of an edge. */
+GLOBAL int http_agg_add(__u64 edge, struct http_rec *x)
 {
 	struct http_agg_key k = {};
-	struct http_req *r;
 	struct http_agg *v;
 	struct scratch *s;
-	__u64 dur, ttfb, end_ns, resp_start, resp_bytes, pkey;
-	__u32 slot, b;
-	__u16 status;
-	__u8 st0;
 
-	if (!sc || !c)
+	if (!x)
 		return 0;
-	if (mode == REC_RESPONSE) {
-		if (!c->count)
-			return 0;
-		slot = c->head & (HTTP_FIFO - 1);
-		status = c->status;
-		resp_bytes = c->dir[1].body;
-		resp_start = c->dir[1].msg_start_ns;
-		end_ns = sc->now;
-		c->head = (slot + 1) & (HTTP_FIFO - 1);
-		c->count--;
-		st0 = c->dir[0].state;
-		if (slot == (c->cur & (HTTP_FIFO - 1)) && st0 != PS_IDLE && st0 != PS_OPAQUE) {
-			c->def_resp_bytes = resp_bytes;
-			c->def_resp_start = resp_start;
-			c->def_end = end_ns;
-			c->def_status = status;
-			c->def_slot = slot;
-			c->def_pending = 1;
-			return 0;
-		}
-	} else {
-		if (!c->def_pending)
-			return 0;
-		c->def_pending = 0;
-		slot = c->def_slot & (HTTP_FIFO - 1);
-		status = c->def_status;
-		resp_bytes = c->def_resp_bytes;
-		resp_start = c->def_resp_start;
-		end_ns = c->def_end;
-	}
-	r = &c->fifo[slot];
-	k.edge = c->edge;
-	k.route = r->route;
-	k.status = status;
-	k.method = r->method;
-	dur = end_ns > r->start_ns ? end_ns - r->start_ns : 0;
-	ttfb = resp_start > r->start_ns ? resp_start - r->start_ns : 0;
-	if (ttfb > dur)
-		ttfb = dur;
+	k.edge = edge;
+	k.route = x->route;
+	k.status = x->status;
+	k.method = x->method;
 	v = bpf_map_lookup_elem(&http_aggs, &k);
 	if (!v) {
 		s = scratch();
@@ -392,18 +459,142 @@ GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 			return 0;
 		}
 	}
-	__sync_fetch_and_add(&v->duration_ns_sum, dur);
-	__sync_fetch_and_add(&v->ttfb_ns_sum, ttfb);
-	__sync_fetch_and_add(&v->request_bytes_sum, r->body);
-	__sync_fetch_and_add(&v->response_bytes_sum, resp_bytes);
-	b = http_dur_bucket(dur);
-	__sync_fetch_and_add(&v->duration_buckets[b < HTTP_DUR_BUCKETS ? b : 0], 1);
-	b = http_dur_bucket(ttfb);
-	__sync_fetch_and_add(&v->ttfb_buckets[b < HTTP_DUR_BUCKETS ? b : 0], 1);
-	b = http_size_bucket(r->body);
-	__sync_fetch_and_add(&v->request_buckets[b < HTTP_SIZE_BUCKETS ? b : 0], 1);
-	b = http_size_bucket(resp_bytes);
-	__sync_fetch_and_add(&v->response_buckets[b < HTTP_SIZE_BUCKETS ? b : 0], 1);
+	__sync_fetch_and_add(&v->duration_ns_sum, x->dur);
+	__sync_fetch_and_add(&v->ttfb_ns_sum, x->ttfb);
+	__sync_fetch_and_add(&v->request_bytes_sum, x->req_bytes);
+	__sync_fetch_and_add(&v->response_bytes_sum, x->resp_bytes);
+	__sync_fetch_and_add(&v->duration_buckets[x->b_dur < HTTP_DUR_BUCKETS ? x->b_dur : 0], 1);
+	__sync_fetch_and_add(&v->ttfb_buckets[x->b_ttfb < HTTP_DUR_BUCKETS ? x->b_ttfb : 0], 1);
+	__sync_fetch_and_add(&v->request_buckets[x->b_req < HTTP_SIZE_BUCKETS ? x->b_req : 0], 1);
+	__sync_fetch_and_add(&v->response_buckets[x->b_resp < HTTP_SIZE_BUCKETS ? x->b_resp : 0],
+			     1);
+	return 0;
+}
+
+/* One trace record of a sampled exchange; `peer`: the server's, by a linked client. */
+GLOBAL int http_sample_out(struct http_conn *c, struct http_rec *x, struct http_pending *pd,
+			   __u64 end_ns, __u32 peer)
+{
+	struct http_sample *smp;
+	struct http_edge *e;
+	__u64 edge;
+
+	if (!c || !x || !pd)
+		return 0;
+	edge = peer ? c->peer_edge : c->edge;
+	e = bpf_map_lookup_elem(&http_edges, &edge);
+	smp = bpf_ringbuf_reserve(&http_samples, sizeof(*smp), 0);
+	if (!smp) {
+		stat_add(&http_stats, HTTP_STAT_SAMPLES_LOST, 1);
+		return 0;
+	}
+	__builtin_memset(smp, 0, sizeof(*smp));
+	smp->end_ns = end_ns;
+	smp->duration_ns = x->dur;
+	smp->ttfb_ns = x->ttfb;
+	smp->request_bytes = x->req_bytes;
+	smp->response_bytes = x->resp_bytes;
+	smp->status = x->status;
+	smp->method = x->method;
+	smp->role = peer ? HTTP_ROLE_SERVER : c->role;
+	if (e) {
+		smp->netns = e->netns;
+		smp->tgid = e->tgid;
+		smp->family = e->family;
+		__builtin_memcpy(smp->laddr, e->laddr, 16);
+		__builtin_memcpy(smp->raddr, e->raddr, 16);
+		__builtin_memcpy(smp->comm, e->comm, HTTP_COMM_LEN);
+	}
+	smp->lport = peer ? c->rport : c->lport;
+	smp->rport = peer ? c->lport : c->rport;
+	__builtin_memcpy(smp->path, pd->path, HTTP_PATH_LEN);
+	__builtin_memcpy(smp->host, pd->host, HTTP_HOST_LEN);
+	smp->path_len = pd->path_len;
+	smp->host_len = pd->host_len;
+	stat_add(&http_stats, HTTP_STAT_SAMPLES, 1);
+	bpf_ringbuf_submit(smp, ringbuf_flags(&http_samples, wakeup_bytes));
+	return 0;
+}
+
+/* Rate limit of the trace samples (GCRA): http_rate holds the theoretical
+ * arrival time of the next sample; up to one second's worth of samples may
+ * come at once, and no more than that on average. A lost race skips. */
+static __always_inline bool take_sample(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 *tat = bpf_map_lookup_elem(&http_rate, &zero);
+	__u64 old, base;
+
+	if (!tat)
+		return false;
+	old = *tat;
+	base = old > now ? old : now;
+	if (base - now + sample_interval_ns > 1000000000ULL)
+		return false;
+	return __sync_val_compare_and_swap(tat, old, base + sample_interval_ns) == old;
+}
+
+/* Count one exchange. REC_RESPONSE pops the oldest request; if that request
+ * is still arriving (the server answered early), the response waits in the
+ * connection until it has, so the request's size is whole. A linked client
+ * counts it for its server too. */
+GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
+{
+	struct http_rec rec = {}, *x = &rec; /* on the stack: a nested run (softirq) may parse too */
+	struct http_req *r;
+	__u64 end_ns;
+	__u64 resp_start, pkey;
+	__u32 slot, peer;
+	__u8 st0;
+
+	if (!sc || !c)
+		return 0;
+	if (mode == REC_RESPONSE) {
+		if (!c->count)
+			return 0;
+		slot = c->head & (HTTP_FIFO - 1);
+		x->status = c->status;
+		x->resp_bytes = c->dir[1].body;
+		resp_start = c->dir[1].msg_start_ns;
+		end_ns = sc->now;
+		c->head = (slot + 1) & (HTTP_FIFO - 1);
+		c->count--;
+		st0 = c->dir[0].state;
+		if (slot == (c->cur & (HTTP_FIFO - 1)) && st0 != PS_IDLE && st0 != PS_OPAQUE) {
+			c->def_resp_bytes = x->resp_bytes;
+			c->def_resp_start = resp_start;
+			c->def_end = end_ns;
+			c->def_status = x->status;
+			c->def_slot = slot;
+			c->def_pending = 1;
+			return 0;
+		}
+	} else {
+		if (!c->def_pending)
+			return 0;
+		c->def_pending = 0;
+		slot = c->def_slot & (HTTP_FIFO - 1);
+		x->status = c->def_status;
+		x->resp_bytes = c->def_resp_bytes;
+		resp_start = c->def_resp_start;
+		end_ns = c->def_end;
+	}
+	r = &c->fifo[slot];
+	x->route = r->route;
+	x->method = r->method;
+	x->req_bytes = r->body;
+	x->dur = end_ns > r->start_ns ? end_ns - r->start_ns : 0;
+	x->ttfb = resp_start > r->start_ns ? resp_start - r->start_ns : 0;
+	if (x->ttfb > x->dur)
+		x->ttfb = x->dur;
+	x->b_dur = http_dur_bucket(x->dur);
+	x->b_ttfb = http_dur_bucket(x->ttfb);
+	x->b_req = http_size_bucket(x->req_bytes);
+	x->b_resp = http_size_bucket(x->resp_bytes);
+	http_agg_add(c->edge, x);
+	peer = c->peer && http_reporters(c) == 2;
+	if (peer)
+		http_agg_add(c->peer_edge, x);
 	if (!sample_interval_ns || !r->sampled)
 		return 0;
 	/* a sampled request: its path and Host wait in http_pending */
@@ -411,43 +602,13 @@ GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 	pkey = c->id * HTTP_FIFO + slot;
 	{
 		struct http_pending *pd = bpf_map_lookup_elem(&http_pending, &pkey);
-		struct http_edge *e = bpf_map_lookup_elem(&http_edges, &c->edge);
-		struct http_sample *smp;
 
 		if (!pd)
 			return 0;
-		smp = bpf_ringbuf_reserve(&http_samples, sizeof(*smp), 0);
-		if (!smp) {
-			stat_add(&http_stats, HTTP_STAT_SAMPLES_LOST, 1);
-			bpf_map_delete_elem(&http_pending, &pkey);
-			return 0;
-		}
-		__builtin_memset(smp, 0, sizeof(*smp));
-		smp->end_ns = end_ns;
-		smp->duration_ns = dur;
-		smp->ttfb_ns = ttfb;
-		smp->request_bytes = r->body;
-		smp->response_bytes = resp_bytes;
-		smp->status = status;
-		smp->method = r->method;
-		smp->role = c->role;
-		if (e) {
-			smp->netns = e->netns;
-			smp->tgid = e->tgid;
-			smp->family = e->family;
-			__builtin_memcpy(smp->laddr, e->laddr, 16);
-			__builtin_memcpy(smp->raddr, e->raddr, 16);
-			__builtin_memcpy(smp->comm, e->comm, HTTP_COMM_LEN);
-		}
-		smp->lport = c->lport;
-		smp->rport = c->rport;
-		__builtin_memcpy(smp->path, pd->path, HTTP_PATH_LEN);
-		__builtin_memcpy(smp->host, pd->host, HTTP_HOST_LEN);
-		smp->path_len = pd->path_len;
-		smp->host_len = pd->host_len;
+		http_sample_out(c, x, pd, end_ns, 0);
+		if (peer && take_sample(sc->now)) /* the server's sample: a token of its own */
+			http_sample_out(c, x, pd, end_ns, 1);
 		bpf_map_delete_elem(&http_pending, &pkey);
-		stat_add(&http_stats, HTTP_STAT_SAMPLES, 1);
-		bpf_ringbuf_submit(smp, ringbuf_flags(&http_samples, wakeup_bytes));
 	}
 	return 0;
 }
@@ -472,8 +633,10 @@ static __always_inline void drop_pending(struct http_conn *c)
 /* Parsing of this connection stops for good. */
 static __always_inline void go_dead(struct pscal *sc, struct http_conn *c, __u32 reason)
 {
+	__u32 n = c->peer ? http_reporters(c) : 1;
+
 	if (!c->tentative)
-		stat_add(&http_stats, reason, 1);
+		stat_add(&http_stats, reason, n);
 	drop_pending(c);
 	c->dead = 1;
 	c->count = 0;
@@ -628,24 +791,6 @@ GLOBAL int http_other_method(struct scratch *s, __u32 i, __u32 lim)
 			return 0;
 	}
 	return 0;
-}
-
-/* Rate limit of the trace samples (GCRA): http_rate holds the theoretical
- * arrival time of the next sample; up to one second's worth of samples may
- * come at once, and no more than that on average. A lost race skips. */
-static __always_inline bool take_sample(__u64 now)
-{
-	__u32 zero = 0;
-	__u64 *tat = bpf_map_lookup_elem(&http_rate, &zero);
-	__u64 old, base;
-
-	if (!tat)
-		return false;
-	old = *tat;
-	base = old > now ? old : now;
-	if (base - now + sample_interval_ns > 1000000000ULL)
-		return false;
-	return __sync_val_compare_and_swap(tat, old, base + sample_interval_ns) == old;
 }
 
 /* Keep the path (the target up to '?', '#' or SP) of a sampled request. */
@@ -904,7 +1049,7 @@ static __always_inline void status_line(struct pscal *sc, struct http_conn *c,
 		d->flags |= DF_INTERIM;
 	if (!c->count) {
 		d->flags |= DF_UNMATCHED;
-		stat_add(&http_stats, HTTP_STAT_UNMATCHED, 1);
+		stat_add(&http_stats, HTTP_STAT_UNMATCHED, c->peer ? http_reporters(c) : 1);
 	}
 }
 
@@ -1679,7 +1824,7 @@ static __always_inline bool is_loopback(__u16 family, const __u8 *a)
 
 /* The edge id of a new connection; 0 when it cannot be tracked. */
 static __always_inline __u64 edge_of(const struct sock *sk, const struct http_owner *o, __u8 role,
-				     __u16 *lp, __u16 *rp)
+				     __u16 *lp, __u16 *rp, __u64 *peer_id, __u32 *peer_seq)
 {
 	struct http_edge e = {};
 	struct http_edge *known;
@@ -1717,6 +1862,8 @@ static __always_inline __u64 edge_of(const struct sock *sk, const struct http_ow
 		ek.port = rport;
 		peer = bpf_map_lookup_elem(&http_endpoints, &ek);
 		if (peer) {
+			*peer_id = peer->http_id;
+			*peer_seq = peer->http_seq;
 			e.peer_known = 1;
 			e.peer_netns = peer->netns;
 			e.peer_cgroup_id = peer->cgroup_id;
@@ -1748,6 +1895,32 @@ static __always_inline __u64 edge_of(const struct sock *sk, const struct http_ow
 
 /* ---------------------------------------------------------------- packets */
 
+static __always_inline void endpoint_key(const struct sock *sk, struct http_endpoint_key *ek)
+{
+	__u8 raddr[16] = {};
+	__u16 lport = 0, rport = 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	read_sock_tuple(sk, family, ek->addr, raddr, &lport, &rport);
+	ek->netns = is_loopback(family, ek->addr) ? sock_netns(sk) : 0;
+	ek->port = lport;
+}
+
+/* Does the payload at poff start like a request line? Its first (up to) 8
+ * bytes in *w, its length in *plen. */
+static __always_inline bool method_start(struct __sk_buff *skb, __u32 poff, __u64 *w, __u32 *plen)
+{
+	__u32 n;
+
+	if (skb->len <= poff)
+		return false;
+	*plen = skb->len - poff;
+	n = *plen < 8 ? *plen : 8;
+	if (n == 0 || n > 8 || bpf_skb_load_bytes(skb, poff, w, n))
+		return false;
+	return method_prefix(*w, n);
+}
+
 /* First bytes of a packet from an untracked connection: a request start?
  * Creates the connection's storage; 1 if it did. */
 GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egress)
@@ -1759,17 +1932,14 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	struct http_conn *c;
 	struct scratch *s;
 	__u64 w = 0;
-	__u32 plen, n, base_resp, mlen = 0;
+	__u32 plen = 0, base_resp, mlen = 0;
 	__u8 role = egress ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
+	struct http_endpoint *ep = 0;
+	__u64 peer_id = 0;
+	__u32 peer_seq = 0;
 	bool first, resp_known;
 
-	if (!skb || skb->len <= poff)
-		return 0;
-	plen = skb->len - poff;
-	n = plen < 8 ? plen : 8;
-	if (n == 0 || n > 8 || bpf_skb_load_bytes(skb, poff, &w, n))
-		return 0;
-	if (!method_prefix(w, n))
+	if (!skb || !method_start(skb, poff, &w, &plen))
 		return 0;
 	bsk = skb->sk;
 	if (!bsk)
@@ -1807,7 +1977,7 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	 * counted; only a prefix ("GE"): quietly dropped if it is not HTTP */
 	c->tentative = !mlen;
 	o = egress ? bpf_sk_storage_get(&http_owners, fs, 0, 0) : 0;
-	c->edge = edge_of(sk, o, role, &c->lport, &c->rport);
+	c->edge = edge_of(sk, o, role, &c->lport, &c->rport, &peer_id, &peer_seq);
 	if (!c->edge)
 		return 0;
 	c->id = bpf_get_socket_cookie(skb);
@@ -1815,11 +1985,137 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	c->dir[0].state = PS_IDLE;
 	c->dir[1].next_seq = base_resp;
 	c->dir[1].state = first && resp_known ? PS_IDLE : PS_UNSYNCED;
-	if (!bpf_sk_storage_get(&http_conns, fs, c, BPF_SK_STORAGE_GET_F_CREATE)) {
+	if (egress && first) {
+		/* a connect()ed socket from its first byte: publish it, its server
+		 * (if local) may leave the parsing to it */
+		__builtin_memset(&s->ek, 0, sizeof(s->ek));
+		__builtin_memset(&s->link, 0, sizeof(s->link));
+		endpoint_key(sk, &s->ek);
+		ep = bpf_map_lookup_elem(&http_endpoints, &s->ek);
+		if (ep && !bpf_map_update_elem(&http_links, &c->id, &s->link, BPF_ANY))
+			c->peer = PEER_OPEN;
+	}
+	c = bpf_sk_storage_get(&http_conns, fs, c, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
 		stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
+		if (s->conn.peer)
+			bpf_map_delete_elem(&http_links, &s->conn.id);
 		return 0;
 	}
+	if (!egress && first && resp_known && peer_id && peer_seq == seq) {
+		/* our client is a local socket that parses these same bytes */
+		struct http_link *l = bpf_map_lookup_elem(&http_links, &peer_id);
+
+		if (l) {
+			l->peer_edge = c->edge;
+			if (__sync_val_compare_and_swap(&l->state, LINK_OPEN, LINK_MIRROR) ==
+			    LINK_OPEN)
+				c->dead = DEAD_PASSIVE;
+		}
+	}
+	if (c->peer && ep) {
+		ep->http_seq = seq;
+		ep->http_id = c->id; /* last: the server reads it first */
+	}
 	stat_add(&http_stats, HTTP_STAT_LIVE, 1);
+	return 1;
+}
+
+/* An IPv4 address as its v4-mapped IPv6 form (the key of http_synq). */
+static __always_inline void v4_mapped(__u8 *out, __u32 a)
+{
+	__u32 *w = (__u32 *)out;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0xffff);
+	w[3] = a;
+}
+
+/* The key of http_synq from a packet the listener receives. */
+static __always_inline int synq_key_of_skb(struct __sk_buff *skb, struct bpf_sock *lsk,
+					   struct tcphdr *th, struct http_synq_key *k)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(lsk);
+	__u32 a[2];
+
+	if (!tp)
+		return -1;
+	k->netns = sock_netns((const struct sock *)tp);
+	if (skb->protocol == ETH_P_IP_BE) {
+		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, saddr), a, 8))
+			return -1;
+		v4_mapped(k->raddr, a[0]);
+		v4_mapped(k->laddr, a[1]);
+	} else {
+		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, saddr), k->raddr, 16) ||
+		    bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, daddr), k->laddr, 16))
+			return -1;
+	}
+	k->lport = bpf_ntohs(th->dest);
+	k->rport = bpf_ntohs(th->source);
+	return 0;
+}
+
+/* The same key from the connection's own socket (http_state). */
+static __always_inline void synq_key_of_sock(const struct sock *sk, struct http_synq_key *k)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 lport = 0, rport = 0;
+
+	k->netns = sock_netns(sk);
+	if (family == AF_INET) {
+		__u32 la = 0, ra = 0;
+
+		BPF_CORE_READ_INTO(&la, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&ra, sk, __sk_common.skc_daddr);
+		v4_mapped(k->laddr, la);
+		v4_mapped(k->raddr, ra);
+	} else {
+		bpf_core_read(k->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(k->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->lport = lport;
+	k->rport = rport;
+}
+
+/* The first data of a connection reaches its listener (it completes the
+ * handshake: the client's last ACK was lost, overtaken on another CPU, or
+ * dropped by TCP_DEFER_ACCEPT). Its state starts in http_synq, under an id
+ * made from the addresses (the socket's cookie does not exist yet); 1 if
+ * there is an entry now. */
+GLOBAL int http_synq_new(struct __sk_buff *skb, struct http_synq_key *k, __u32 seq, __u32 ack,
+			 __u32 poff)
+{
+	struct http_conn *c;
+	struct scratch *s;
+	const __u64 *w8;
+	__u64 w = 0, id = 0x452821e638d01377ULL;
+	__u32 plen = 0, mlen = 0, i;
+
+	if (!skb || !k || !method_start(skb, poff, &w, &plen))
+		return 0;
+	method_of(w, &mlen);
+	s = scratch();
+	if (!s)
+		return 0;
+	w8 = (const __u64 *)k;
+	for (i = 0; i < sizeof(*k) / 8; i++)
+		id = mix(id, w8[i]);
+	c = &s->conn;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->role = HTTP_ROLE_SERVER;
+	c->tentative = !mlen;
+	c->id = id | (1ULL << 63); /* never a cookie (those count up from 1) */
+	c->dir[0].next_seq = seq;
+	c->dir[0].state = PS_IDLE;
+	c->dir[1].next_seq = ack; /* the server has sent nothing but its SYN */
+	c->dir[1].state = PS_IDLE;
+	if (bpf_map_update_elem(&http_synq, k, c, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&http_synq, k))
+		return 0;
 	return 1;
 }
 
@@ -1871,13 +2167,34 @@ static __noinline int handle(struct __sk_buff *skb, bool egress)
 	if (!bsk)
 		return 1;
 	seq = bpf_ntohl(th->seq);
-	c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
-	if (!c) {
-		if (!plen || !http_conn_new(skb, seq, poff, egress))
+	if (bsk->state == BPF_TCP_LISTEN) {
+		/* data completing a handshake: the connection has no socket yet */
+		struct http_synq_key *k;
+
+		p.s = scratch();
+		if (!p.s || egress || !plen || th->syn)
 			return 1;
+		k = &p.s->synq;
+		__builtin_memset(k, 0, sizeof(*k));
+		if (synq_key_of_skb(skb, bsk, th, k))
+			return 1;
+		c = bpf_map_lookup_elem(&http_synq, k);
+		if (!c) {
+			if (!http_synq_new(skb, k, seq, bpf_ntohl(th->ack_seq), poff))
+				return 1;
+			c = bpf_map_lookup_elem(&http_synq, k);
+			if (!c)
+				return 1;
+		}
+	} else {
 		c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
-		if (!c)
-			return 1;
+		if (!c) {
+			if (!plen || !http_conn_new(skb, seq, poff, egress))
+				return 1;
+			c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
+			if (!c)
+				return 1;
+		}
 	}
 	if (c->dead)
 		return 1;
@@ -2010,9 +2327,12 @@ static __always_inline void conn_close(struct sock *sk)
 		sc.now = bpf_ktime_get_ns();
 		http_record(&sc, c, REC_DEFERRED);
 		if (c->count)
-			stat_add(&http_stats, HTTP_STAT_NO_RESPONSE, c->count);
+			stat_add(&http_stats, HTTP_STAT_NO_RESPONSE,
+				 c->count * (c->peer ? http_reporters(c) : 1));
 		drop_pending(c);
 	}
+	if (c->peer == PEER_OPEN)
+		http_reporters(c); /* frees its link */
 	ck = c->id * 2;
 	bpf_map_delete_elem(&http_carry, &ck);
 	ck = c->id * 2 + 1;
@@ -2021,21 +2341,46 @@ static __always_inline void conn_close(struct sock *sk)
 		stat_add(&http_stats, HTTP_STAT_LIVE, -1);
 }
 
+/* The server's socket of a connection whose first request came with its
+ * handshake is established: its state moves from http_synq into the socket. */
+static __always_inline void synq_adopt(struct sock *sk)
+{
+	struct http_synq_key k = {};
+	struct http_conn *v, *c = 0;
+	__u16 lport = 0, rport = 0;
+	__u64 edge, ck, peer_id = 0;
+	__u32 peer_seq = 0;
+
+	synq_key_of_sock(sk, &k);
+	v = bpf_map_lookup_elem(&http_synq, &k);
+	if (!v)
+		return;
+	edge = edge_of(sk, 0, HTTP_ROLE_SERVER, &lport, &rport, &peer_id, &peer_seq);
+	if (edge) {
+		c = bpf_sk_storage_get(&http_conns, sk, v, BPF_SK_STORAGE_GET_F_CREATE);
+		if (c) {
+			c->edge = edge;
+			c->lport = lport;
+			c->rport = rport;
+			stat_add(&http_stats, HTTP_STAT_LIVE, 1);
+		} else {
+			stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
+		}
+	}
+	if (!c) {
+		drop_pending(v);
+		ck = v->id * 2;
+		bpf_map_delete_elem(&http_carry, &ck);
+		ck = v->id * 2 + 1;
+		bpf_map_delete_elem(&http_carry, &ck);
+	}
+	bpf_map_delete_elem(&http_synq, &k);
+}
+
 static __always_inline void owner_from_current(struct http_owner *o)
 {
 	o->tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(o->comm, HTTP_COMM_LEN);
-}
-
-static __always_inline void endpoint_key(struct sock *sk, struct http_endpoint_key *ek)
-{
-	__u8 raddr[16] = {};
-	__u16 lport = 0, rport = 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-
-	read_sock_tuple(sk, family, ek->addr, raddr, &lport, &rport);
-	ek->netns = is_loopback(family, ek->addr) ? sock_netns(sk) : 0;
-	ek->port = lport;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -2064,6 +2409,8 @@ int BPF_PROG(http_state, struct sock *sk, int oldstate, int newstate)
 
 		if (o)
 			owner_from_current(o);
+	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+		synq_adopt(sk);
 	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
 		/* the local end is bound now: the server side looks its client up here */
 		struct http_owner *o = bpf_sk_storage_get(&http_owners, sk, 0, 0);

@@ -92,8 +92,9 @@ struct http_endpoint {
 	__u64 netns;
 	__u64 cgroup_id;
 	__u32 tgid;
-	__u32 __pad0;
+	__u32 http_seq; /* sequence number of its HTTP connection's first request byte */
 	char comm[HTTP_COMM_LEN];
+	__u64 http_id; /* cookie of the HTTP connection followed from this end; 0: none */
 };
 
 /* What names one side of the requests: the reporting socket's owner and
@@ -185,7 +186,9 @@ struct http_conn {
 	__u8 tentative; /* created on a method prefix: drop silently if not HTTP */
 	__u16 lport;
 	__u16 rport;
-	__u32 __pad2;
+	__u8 peer; /* a client: is its server a local socket that leaves it the parsing? */
+	__u8 __pad2[3];
+	__u64 peer_edge; /* that server's edge (peer == linked) */
 };
 
 /* Trace record (`meshlens trace http`), rate-limited in the kernel. */

@@ -223,6 +223,10 @@ def server(args: argparse.Namespace) -> dict[str, Any]:
         (args.bind, args.port), family=socket.AF_INET6 if ":" in args.bind else socket.AF_INET,
         backlog=1024,
     )  # fmt: skip
+    if args.defer_accept:
+        # the handshake's last ACK is dropped: the first data segment completes it,
+        # arriving while the server's socket is still the listener (as nginx's `deferred`)
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
     lsock.settimeout(0.2)
     tally = ServerTally()
     stop = threading.Event()
@@ -446,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--bind", type=_ip, required=True)
     srv.add_argument("--port", type=int, default=0)
     srv.add_argument("--max-seconds", type=float, default=300.0)
+    srv.add_argument("--defer-accept", action="store_true", help="TCP_DEFER_ACCEPT")
     cli = sub.add_parser("client")
     cli.add_argument("--connect", type=_ip, required=True)
     cli.add_argument("--port", type=int, required=True)

@@ -111,8 +111,9 @@ class Probe:
         if self.membership:
             self.membership.suspend()
 
-    # The chain itself shares its arrays; everything else with them joins it.
-    is_chain = False
+    # A probe whose object has the chain's arrays joins the process's chain;
+    # the chain itself, and a probe attached elsewhere on purpose, do not.
+    chain_member = True
 
     # Programs the probe can run without, on kernels that refuse them (e.g. the
     # BTF-typed tracing type): a failed load is retried once without them.
@@ -124,7 +125,7 @@ class Probe:
         assert self.obj
         for name in skip:
             self.obj.programs[name].set_autoload(False)
-        if not self.is_chain and "skbchain_egress" in self.obj.maps:
+        if self.chain_member and "skbchain_egress" in self.obj.maps:
             from .skbchain import Membership
 
             self.membership = Membership(self)

@@ -34,7 +34,7 @@ def direction_of(section: str) -> str | None:
 
 class SkbChain(Probe):
     name = "skbchain"
-    is_chain = True
+    chain_member = False  # it is the chain
 
     def __init__(self) -> None:
         super().__init__()
