@@ -114,17 +114,30 @@ def _raise_to(t: Totals, floor: Totals) -> None:
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+# Raw address -> its text, so that the sockets of one address share one string
+# (the endpoint directory keeps one per socket); cleared when it gets big.
+_ip_texts: dict[bytes, str] = {}
+_IP_TEXTS_MAX = 65536
 
 
 def ip_text(family: int, raw: bytes) -> str:
     """Address text as Python's ipaddress writes it; IPv4-mapped IPv6 as IPv4.
     inet_ntop, not ipaddress: this runs for every new socket."""
     raw = bytes(raw)
+    key = raw[:4] if family == 2 else raw[:16]  # 4 or 16 bytes: never the same key
+    text = _ip_texts.get(key)
+    if text is not None:
+        return text
     if family == 2:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    if raw[:12] == _V4_MAPPED:
-        return socket.inet_ntop(socket.AF_INET, raw[12:16])
-    return socket.inet_ntop(socket.AF_INET6, raw[:16])
+        text = socket.inet_ntop(socket.AF_INET, key)
+    elif key[:12] == _V4_MAPPED:
+        text = socket.inet_ntop(socket.AF_INET, key[12:16])
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, key)
+    if len(_ip_texts) >= _IP_TEXTS_MAX:
+        _ip_texts.clear()
+    _ip_texts[key] = text
+    return text
 
 
 def service_name(workload: str, ip: str, port: int) -> str:
@@ -259,16 +272,19 @@ class EdgeTable:
     overflowed: int = 0
     closed: dict[Edge, Totals] = field(default_factory=dict)
     live: dict[Edge, Totals] = field(default_factory=dict)
-    _known: set[Edge] = field(default_factory=set)
+    # every admitted edge, to itself: sockets of one edge share one Edge
+    _known: dict[Edge, Edge] = field(default_factory=dict)
     _exported: dict[Edge, Totals] = field(default_factory=dict)
 
     def admit(self, edge: Edge) -> Edge:
-        if edge in self._known:
-            return edge
+        known = self._known.get(edge)
+        if known is not None:
+            return known
         if len(self._known) >= self.max_series:
             self.overflowed += 1
-            return Edge(edge.reporter, OVERFLOW, OVERFLOW, OVERFLOW, edge.protocol)
-        self._known.add(edge)
+            edge = Edge(edge.reporter, OVERFLOW, OVERFLOW, OVERFLOW, edge.protocol)
+            return self._known.get(edge, edge)
+        self._known[edge] = edge
         return edge
 
     def totals(self) -> dict[Edge, Totals]:

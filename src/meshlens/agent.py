@@ -40,6 +40,10 @@ class AgentConfig:
     tcp_health: bool = True  # tcpflow's per-socket health hooks
     features: tuple[str, ...] | None = None  # None: every feature in meshlens.features
     options: dict[str, Any] = field(default_factory=dict)  # feature options from the CLI
+    # Keep each refresh's map reads and records (last_tcp, last_udp, last_records)
+    # for `top` and the trace tools; `meshlens run` does not need them (at 10k
+    # flows they are megabytes).
+    snapshots: bool = True
 
 
 @dataclass
@@ -95,6 +99,7 @@ class Agent:
         """Load and attach every probe; a probe that fails is reported and the
         rest run on, unless strict."""
         t0 = time.monotonic()
+        libbpf.tune_malloc()
         if self.config.bpf_stats:
             self._stats_fd = libbpf.enable_run_time_stats()
         wanted: list[Probe] = []
@@ -235,9 +240,11 @@ class Agent:
                 self.rings.consume()  # after the reads: see accounting.py
                 tcp_recs = self._take("tcpflow")
                 udp_recs = self._take("udpflow")
-            self.last_records = {"tcpflow": tcp_recs, "udpflow": udp_recs}
+            if self.config.snapshots:
+                self.last_records = {"tcpflow": tcp_recs, "udpflow": udp_recs}
             if self.tcp and tcp_live is not None:
-                self.last_tcp = tcp_live
+                if self.config.snapshots:
+                    self.last_tcp = tcp_live
                 keys, vals = tcp_live
                 self.tcp_book.update(
                     _tcp_live(keys, vals),
@@ -246,7 +253,8 @@ class Agent:
                     redrain=lambda: list(_tcp_records(self._redrain("tcpflow"))),
                 )
             if self.udp and udp_live is not None:
-                self.last_udp = udp_live
+                if self.config.snapshots:
+                    self.last_udp = udp_live
                 self.udp_book.update(
                     _udp_live(*udp_live),
                     _udp_records(udp_recs),
@@ -257,6 +265,8 @@ class Agent:
             self.namer.forget_older_than(120.0)
             self._last_refresh = time.monotonic()
             self.self_stats.refreshes += 1
+            # The reads' buffers and arrays are freed now: return their pages.
+            libbpf.release_free_memory()
             self.self_stats.refresh_seconds += time.perf_counter() - t0
             return True
 
@@ -322,7 +332,10 @@ def _tcp_live(
     keys: np.ndarray, vals: np.ndarray
 ) -> Iterator[tuple[Hashable, Callable[[], Sock], tuple[int, int, int, int], bool, bool]]:
     # Columns as Python lists first: per-row numpy scalar access is slow at 100k rows.
-    sids = zip(keys.tolist(), vals["start_ns"].tolist(), strict=True)
+    # One int per socket id (address << 64 | start time), not a tuple of two:
+    # the bound sockets' ids stay in memory for their whole lives.
+    starts = vals["start_ns"].tolist()
+    sids = [sk << 64 | start for sk, start in zip(keys.tolist(), starts, strict=True)]
     cols = ("bytes_sent", "bytes_received", "sends", "recvs")
     flows = zip(*(vals[c].tolist() for c in cols), strict=True)
     opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
@@ -407,7 +420,7 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
         if kind == "failed":
             labeled[("connect_failed", kernel_enums.connect_failure(err))] = 1
         yield Record(
-            (sk, start),
+            sk << 64 | start,  # as _tcp_live
             sk,
             (lambda i=i: sock_of(i)),
             (bs, br, ns, nr),

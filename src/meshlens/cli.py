@@ -208,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
         features=args.features,
         tcp_health=not args.no_tcp_health,
         options=vars(args),
+        snapshots=False,  # for top and trace, not the exporter
     )
     agent = Agent(cfg)
     try:
