@@ -46,6 +46,11 @@ def _load() -> ctypes.CDLL:
 
 _lib = _load()
 _libc = ctypes.CDLL(None, use_errno=True)
+# The same library through PyDLL, whose calls keep the GIL: for calls that run
+# Python callbacks many times and never block (draining a ring buffer). Through
+# CDLL each record's callback must take the GIL back, and while another thread
+# runs Python that waits for a switch interval (5 ms) per record.
+_lib_gil = ctypes.PyDLL(_lib._name)
 
 _PRINT_FN = _c.CFUNCTYPE(_c.c_int, _c.c_int, _c.c_char_p, _vp)
 _SAMPLE_FN = _c.CFUNCTYPE(_c.c_int, _vp, _vp, _c.c_size_t)
@@ -92,7 +97,9 @@ _prog_info = _fn("bpf_obj_get_info_by_fd", _c.c_int, _c.c_int, _vp, _c.POINTER(_
 _rb_new = _fn("ring_buffer__new", _vp, _c.c_int, _SAMPLE_FN, _vp, _vp)
 _rb_add = _fn("ring_buffer__add", _c.c_int, _vp, _c.c_int, _SAMPLE_FN, _vp)
 _rb_poll = _fn("ring_buffer__poll", _c.c_int, _vp, _c.c_int)
-_rb_consume = _fn("ring_buffer__consume", _c.c_int, _vp)
+_rb_consume = _lib_gil.ring_buffer__consume
+_rb_consume.restype = _c.c_int
+_rb_consume.argtypes = [_vp]
 _rb_free = _fn("ring_buffer__free", None, _vp)
 _rb_epoll_fd = _fn("ring_buffer__epoll_fd", _c.c_int, _vp)
 _set_print = _fn("libbpf_set_print", _vp, _PRINT_FN)

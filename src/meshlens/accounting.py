@@ -15,9 +15,9 @@ map, losing whatever the kernel added in between.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -140,6 +140,14 @@ def ip_text(family: int, raw: bytes) -> str:
     return text
 
 
+def column_bytes(rows: np.ndarray, name: str) -> list[bytes]:
+    """A u8[N] column of a structured array as one bytes object per row
+    (per-row numpy access costs microseconds)."""
+    col = np.ascontiguousarray(rows[name])
+    raw, n = col.tobytes(), col.dtype.itemsize * (col.shape[1] if col.ndim > 1 else 1)
+    return [raw[i : i + n] for i in range(0, len(raw), n)]
+
+
 def service_name(workload: str, ip: str, port: int) -> str:
     host = workload if workload not in (UNKNOWN, OVERFLOW) else ip
     if ":" in host:
@@ -161,9 +169,12 @@ class Namer:
         self.identity = identity
         # (netns or 0, ip, port) -> workload, for local ends of sockets we saw
         self.endpoints: dict[tuple[int, str, int], str] = {}
-        # When each endpoint was last learned, oldest first, so a churn of short
-        # connections does not grow the directory without bound.
-        self._learned: OrderedDict[tuple[int, str, int], float] = OrderedDict()
+        # When each endpoint was last learned, oldest first (a dict keeps the
+        # order of insertion), so a churn of short connections does not grow
+        # the directory without bound: entries go after a while, and the
+        # oldest go first past max_endpoints.
+        self._learned: dict[tuple[int, str, int], float] = {}
+        self.max_endpoints = 1 << 18
         self.clock: Callable[[], float] = time.monotonic
         self.listeners: dict[tuple[int, int], str] = {}  # (netns, port) -> workload
         # Features that can name an address no local socket holds (e.g. from DNS
@@ -181,23 +192,31 @@ class Namer:
     def _scope(self, netns: int, ip: str) -> int:
         return netns if is_loopback(ip) else 0
 
-    def learn(self, s: Sock, workload: str) -> None:
-        key = (self._scope(s.netns, s.laddr), s.laddr, s.lport)
+    def learn(self, s: Sock, workload: str, now: float | None = None) -> None:
+        laddr = s.laddr
+        key = (s.netns if is_loopback(laddr) else 0, laddr, s.lport)
         self.endpoints[key] = workload
-        self._learned[key] = self.clock()
-        self._learned.move_to_end(key)
+        learned = self._learned
+        learned.pop(key, None)  # to the end: learned last
+        learned[key] = self.clock() if now is None else now
 
     def forget_older_than(self, seconds: float) -> None:
         """Drop endpoints not learned again for this long (their sockets are gone;
-        live ones are bound to their edges already)."""
+        live ones are bound to their edges already), and the oldest past
+        max_endpoints. Between refreshes only: a refresh names the two ends of
+        a connection from what it learned of both."""
         limit = self.clock() - seconds
         learned = self._learned
-        while learned:
-            key, when = next(iter(learned.items()))
-            if when >= limit:
+        over = len(learned) - self.max_endpoints
+        stale = []
+        for key, when in learned.items():
+            if when >= limit and len(stale) >= over:
                 break
+            stale.append(key)
+        endpoints = self.endpoints
+        for key in stale:
             del learned[key]
-            self.endpoints.pop(key, None)
+            endpoints.pop(key, None)
 
     def set_listeners(self, listeners: dict[tuple[int, int], str]) -> None:
         self.listeners = listeners
@@ -233,8 +252,10 @@ class Namer:
                 return name
         return None
 
-    def edge(self, s: Sock, protocol: str) -> Edge:
-        local = self.local(s)
+    def edge(self, s: Sock, protocol: str, local: str | None = None) -> Edge:
+        """The edge of a socket; `local` is its local name when already known."""
+        if local is None:
+            local = self.local(s)
         remote = self.remote(s)
         if self.is_server(s):
             return Edge(
@@ -348,8 +369,13 @@ class FlowBook:
         self.missing: dict[Hashable, float] = {}  # bound, gone from the map, no record yet
         self.lost_after = lost_after
         self.vanished = 0  # bound sockets gone without a record (lost; the kernel counts it)
+        self.max_recent = 1 << 17
 
-    def _bind(self, sid: Hashable, sock: Sock, force: bool) -> Edge | None:
+    def _bind(
+        self, sid: Hashable, sock: Sock, force: bool, local: str | None = None
+    ) -> Edge | None:
+        """The edge of a socket not bound yet; `local` is its local name when
+        update() learned it already."""
         now = self.clock()
         # An accepted socket whose owner the kernel did not know yet (its
         # listener predates the agent) is named once its reader shows up.
@@ -357,9 +383,12 @@ class FlowBook:
             first = self.first_seen.setdefault(sid, now)
             if now - first < self.bind_after:
                 return None
-        self.namer.learn(sock, self.namer.local(sock))
-        edge = self.table.admit(self.namer.edge(sock, self.protocol))
-        self.first_seen.pop(sid, None)
+        if local is None:
+            local = self.namer.local(sock)
+            self.namer.learn(sock, local, now)
+        edge = self.table.admit(self.namer.edge(sock, self.protocol, local))
+        if self.first_seen:
+            self.first_seen.pop(sid, None)
         return edge
 
     def _apply_records(
@@ -368,37 +397,72 @@ class FlowBook:
         made: dict[Hashable, Sock],
         reported: set[Hashable],
         now: float,
+        names: dict[Hashable, str] | None = None,
     ) -> None:
+        """Add records to the closed totals. Runs for every record (two per
+        connection under a churn), so it adds counters in place and sums the
+        health vectors per edge at the end."""
         closed = self.table.closed
+        bound, opened, recent, missing = self.bound, self.opened, self.recent, self.missing
+        names = names or {}
+        healths: dict[Edge, list[np.ndarray]] = {}
         for r in records:
             sid = r.sid
-            entry = self.bound.get(sid)
+            kind = r.kind
+            entry = bound.get(sid)
             edge = entry[0] if entry else None
-            if edge is None and r.kind == "late":
-                hit = self.recent.get(r.late_key)
+            if edge is None and kind == "late":
+                hit = recent.get(r.late_key)
                 edge = hit[0] if hit else None
             if edge is None:
-                edge = self._bind(sid, made.get(sid) or r.make(), force=True)
+                edge = self._bind(sid, made.get(sid) or r.make(), True, names.get(sid))
                 assert edge is not None
-            t = closed.setdefault(edge, Totals())
-            t.add(_totals_for(edge, r.flow))
-            t.add_health(r.health)
+            t = closed.get(edge)
+            if t is None:
+                t = closed[edge] = Totals()
+            sent, received, sends, recvs = r.flow
+            if edge.reporter == "source":  # as _totals_for
+                t.request_bytes += sent
+                t.response_bytes += received
+                t.request_calls += sends
+                t.response_calls += recvs
+            else:
+                t.request_bytes += received
+                t.response_bytes += sent
+                t.request_calls += recvs
+                t.response_calls += sends
+            if r.health is not None:
+                vecs = healths.get(edge)
+                if vecs is None:
+                    healths[edge] = [r.health]
+                else:
+                    vecs.append(r.health)
             if r.labeled:
                 t.add_labeled(r.labeled)
             reported.add(sid)
-            if r.opened and sid not in self.opened:
+            if r.opened and sid not in opened:
                 t.opened += 1
-                self.opened.add(sid)
-            if r.kind == "late":
+                if kind == "late":
+                    opened.add(sid)
+            if kind == "late":
                 if entry is not None:
                     entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
                 continue
-            if r.kind == "close":
+            if kind == "close":
                 t.closed += 1
-            self.opened.discard(sid)
-            self.bound.pop(sid, None)
-            self.missing.pop(sid, None)
-            self.recent[r.late_key] = (edge, now)
+            opened.discard(sid)
+            if entry is not None:
+                del bound[sid]
+                missing.pop(sid, None)
+            recent[r.late_key] = (edge, now)
+        for edge, vecs in healths.items():
+            closed[edge].add_health(vecs[0] if len(vecs) == 1 else np.sum(vecs, axis=0))
+        # Late records follow their close within a drain or two: under a churn,
+        # keep the newest closed sockets only.
+        over = len(recent) - self.max_recent
+        if over > 0:
+            for key in list(itertools.islice(recent, over)):
+                del recent[key]
 
     def update(
         self,
@@ -420,16 +484,21 @@ class FlowBook:
         # Learn the local end of every new socket before naming any edge, so the
         # two ends of a connection on this host name each other in one refresh.
         made: dict[Hashable, Sock] = {}
+        bound = self.bound
         for r in records:
-            if r.sid not in self.bound:
+            if r.sid not in bound:
                 made[r.sid] = r.make()
         for sid, make, _, _, closing in live:
-            if sid not in self.bound and not closing and sid not in made:
+            if sid not in bound and not closing and sid not in made:
                 made[sid] = make()
-        for sock in made.values():
-            if sock.tgid or self.namer.identity.netns_name(sock.netns):
-                self.namer.learn(sock, self.namer.local(sock))
-        self._apply_records(records, made, reported, now)
+        names: dict[Hashable, str] = {}  # local names learned here, for _bind
+        namer = self.namer
+        netns_name = namer.identity.netns_name
+        for sid, sock in made.items():
+            if sock.tgid or netns_name(sock.netns):
+                names[sid] = local = namer.local(sock)
+                namer.learn(sock, local, now)
+        self._apply_records(records, made, reported, now, names)
         live_sums: dict[Edge, list[int]] = {}  # own-socket directions, oriented below
         seen: set[Hashable] = set()
         rows: list[int] = []  # row -> index into `edges`, -1 when not counted live
@@ -441,7 +510,7 @@ class FlowBook:
                 if sid in reported or closing:
                     rows.append(-1)
                     continue  # counted from its record (now or in a later drain)
-                edge = self._bind(sid, made.get(sid) or make(), force=False)
+                edge = self._bind(sid, made.get(sid) or make(), False, names.get(sid))
                 if edge is None:
                     rows.append(-1)
                     continue
@@ -498,7 +567,7 @@ class FlowBook:
             for r in more:
                 if r.sid not in self.bound and r.sid not in made:
                     made[r.sid] = r.make()
-            self._apply_records(more, made, reported, now)
+            self._apply_records(more, made, reported, now, names)
         # Still none: a reservation made earlier on another CPU may hold it back
         # longer (a preempted program), or the ring buffer was full and the
         # kernel counted the loss. Keep counting what we had of it until its

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _libbpf as libbpf
 from . import kernel_enums
-from .accounting import EdgeTable, Flow, FlowBook, Namer, Record, Sock, ip_text
+from .accounting import EdgeTable, Flow, FlowBook, Namer, Record, Sock, column_bytes, ip_text
 from .identity import IdentityResolver
 from .probes import tcpflow, udpflow
 from .probes.base import Probe, ProbeStatus
@@ -54,8 +54,17 @@ class SelfStats:
     decode_errors: int = 0
 
 
+_comms: dict[bytes, str] = {}  # raw comm -> text: a few processes make most sockets
+
+
 def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
+    text = _comms.get(raw)
+    if text is None:
+        text = raw.split(b"\0", 1)[0].decode(errors="replace")
+        if len(_comms) >= 4096:
+            _comms.clear()
+        _comms[raw] = text
+    return text
 
 
 class Agent:
@@ -313,8 +322,8 @@ def _tcp_socks(rows: np.ndarray) -> list[Sock]:
     """Socks of many flow values or records at once: columns to lists first,
     per-row numpy access costs microseconds."""
     fams = rows["family"].tolist()
-    laddrs = [bytes(x) for x in rows["laddr"]]
-    raddrs = [bytes(x) for x in rows["raddr"]]
+    laddrs = column_bytes(rows, "laddr")
+    raddrs = column_bytes(rows, "raddr")
     out = []
     for tgid, comm, netns, cg, fam, la, lp, ra, rp, d in zip(
         rows["tgid"].tolist(), rows["comm"].tolist(), rows["netns"].tolist(),
