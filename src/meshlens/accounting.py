@@ -338,6 +338,30 @@ class Record(NamedTuple):
     labeled: dict[tuple[str, str], int] | None = None
 
 
+class LiveRows(NamedTuple):
+    """Every entry of a flow map as columns, row i in each: what update() takes
+    per refresh without a tuple and a Sock-maker per row (at 10k flows those
+    are megabytes of short-lived objects every refresh)."""
+
+    sids: list[Hashable]
+    flows: list[tuple[int, int, int, int]]
+    opened: list[bool]
+    closing: list[bool]
+    make: Callable[[int], Sock]  # the Sock of row i, decoded only when called
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]) -> LiveRows:
+        """From (socket id, Sock-maker, Flow, opened, closing) per entry."""
+        rows = list(rows)
+        return cls(
+            [r[0] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            [r[4] for r in rows],
+            lambda i: rows[i][1](),
+        )
+
+
 class FlowBook:
     """Live-plus-closed accounting for one protocol's sockets.
 
@@ -466,13 +490,13 @@ class FlowBook:
 
     def update(
         self,
-        live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
+        live: LiveRows | Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
         records: Iterable[Record],
         live_health: np.ndarray | None = None,
         live_labeled: dict[int, dict[tuple[str, str], int]] | None = None,
         redrain: Callable[[], list[Record]] | None = None,
     ) -> None:
-        """live: (socket id, Sock-maker, Flow, opened, closing) per map entry, and
+        """live: LiveRows, or (socket id, Sock-maker, Flow, opened, closing) per map entry, and
         optionally each entry's health vector (rows in the same order) and labeled
         counts (by row number)."""
         now = self.clock()
@@ -480,7 +504,9 @@ class FlowBook:
         reported: set[Hashable] = set()  # sockets with a record in this drain
         records = self._deferred + list(records)
         self._deferred = []
-        live = list(live)
+        if not isinstance(live, LiveRows):
+            live = LiveRows.of(live)
+        sids, flows, closings = live.sids, live.flows, live.closing
         # Learn the local end of every new socket before naming any edge, so the
         # two ends of a connection on this host name each other in one refresh.
         made: dict[Hashable, Sock] = {}
@@ -488,9 +514,9 @@ class FlowBook:
         for r in records:
             if r.sid not in bound:
                 made[r.sid] = r.make()
-        for sid, make, _, _, closing in live:
-            if sid not in bound and not closing and sid not in made:
-                made[sid] = make()
+        for i, sid in enumerate(sids):
+            if sid not in bound and not closings[i] and sid not in made:
+                made[sid] = live.make(i)
         names: dict[Hashable, str] = {}  # local names learned here, for _bind
         namer = self.namer
         netns_name = namer.identity.netns_name
@@ -504,13 +530,15 @@ class FlowBook:
         rows: list[int] = []  # row -> index into `edges`, -1 when not counted live
         edges: list[Edge] = []
         edge_index: dict[Edge, int] = {}
-        for sid, make, flow, opened, closing in live:
+        for i, (sid, flow, opened, closing) in enumerate(
+            zip(sids, flows, live.opened, closings, strict=True)
+        ):
             entry = self.bound.get(sid)
             if entry is None:
                 if sid in reported or closing:
                     rows.append(-1)
                     continue  # counted from its record (now or in a later drain)
-                edge = self._bind(sid, made.get(sid) or make(), False, names.get(sid))
+                edge = self._bind(sid, made.get(sid) or live.make(i), False, names.get(sid))
                 if edge is None:
                     rows.append(-1)
                     continue

@@ -16,7 +16,17 @@ import numpy as np
 
 from . import _libbpf as libbpf
 from . import kernel_enums
-from .accounting import EdgeTable, Flow, FlowBook, Namer, Record, Sock, column_bytes, ip_text
+from .accounting import (
+    EdgeTable,
+    Flow,
+    FlowBook,
+    LiveRows,
+    Namer,
+    Record,
+    Sock,
+    column_bytes,
+    ip_text,
+)
 from .identity import IdentityResolver
 from .probes import tcpflow, udpflow
 from .probes.base import Probe, ProbeStatus
@@ -337,31 +347,19 @@ def _tcp_socks(rows: np.ndarray) -> list[Sock]:
     return out
 
 
-def _tcp_live(
-    keys: np.ndarray, vals: np.ndarray
-) -> Iterator[tuple[Hashable, Callable[[], Sock], tuple[int, int, int, int], bool, bool]]:
-    # Columns as Python lists first: per-row numpy scalar access is slow at 100k rows.
+def _tcp_live(keys: np.ndarray, vals: np.ndarray) -> LiveRows:
+    # Columns as Python lists: per-row numpy scalar access is slow at 100k rows.
     # One int per socket id (address << 64 | start time), not a tuple of two:
     # the bound sockets' ids stay in memory for their whole lives.
     starts = vals["start_ns"].tolist()
-    sids = [sk << 64 | start for sk, start in zip(keys.tolist(), starts, strict=True)]
+    sids: list[Hashable] = [
+        sk << 64 | start for sk, start in zip(keys.tolist(), starts, strict=True)
+    ]
     cols = ("bytes_sent", "bytes_received", "sends", "recvs")
-    flows = zip(*(vals[c].tolist() for c in cols), strict=True)
+    flows = list(zip(*(vals[c].tolist() for c in cols), strict=True))
     opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
     closing = (vals["flags"] & int(tcpflow.Flag.CLOSING)).astype(bool).tolist()
-    make = _RowSocks(vals)
-    for i, (sid, flow, op, cl) in enumerate(zip(sids, flows, opened, closing, strict=True)):
-        yield sid, make.at(i), flow, op, cl
-
-
-class _RowSocks:
-    """Sock-makers for rows of a flow array, decoded only when called."""
-
-    def __init__(self, vals: np.ndarray) -> None:
-        self.vals = vals
-
-    def at(self, i: int) -> Callable[[], Sock]:
-        return lambda: _tcp_sock(self.vals[i])
+    return LiveRows(sids, flows, opened, closing, lambda i: _tcp_sock(vals[i]))
 
 
 # Health vector of a TCP socket, summed per edge (see TcpHealth in exporter.py):
