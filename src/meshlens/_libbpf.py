@@ -118,8 +118,15 @@ _log: collections.deque[str] = collections.deque(maxlen=2000)
 _log_lock = threading.Lock()
 
 
+_LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN, INFO, DEBUG
+
+
 @_PRINT_FN
 def _on_print(level: int, fmt: bytes, args: int) -> int:
+    # Debug lines (every CO-RE relocation: thousands per start) are not kept;
+    # failures, verifier logs included, come as warnings.
+    if level >= _LIBBPF_DEBUG:
+        return 0
     buf = _c.create_string_buffer(4096)
     _vsnprintf(buf, len(buf), fmt, args)
     with _log_lock:

@@ -153,6 +153,8 @@ class Agent:
         if self.udp:
             self.rings.add(self.udp.map(udpflow.EVENTS_MAP), self._pending["udpflow"].append)
         self._start_features()
+        for probe in self.probes:
+            probe.btf = None  # parsed for layouts and globals before load; not used after
         self.started_at = time.time()
         self.startup_seconds = time.monotonic() - t0
         self._poller = threading.Thread(target=self._poll_loop, name="ringbuf", daemon=True)
