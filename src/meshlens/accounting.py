@@ -383,10 +383,13 @@ class FlowBook:
         self.protocol = protocol
         self.bind_after = bind_after
         self.clock = clock
-        # socket id -> [edge, last flow counted live]; the last flow stands in
-        # for an entry whose counters the kernel is taking for its record
+        # socket id -> [edge, last flow counted live, opening counted]; the last
+        # flow stands in for an entry whose counters the kernel is taking for
+        # its record
         self.bound: dict[Hashable, list[Any]] = {}
         self.first_seen: dict[Hashable, float] = {}
+        # Sockets not bound whose opening was counted (a set of every bound
+        # socket's id was the largest table at 10k flows: the flag is in `bound`)
         self.opened: set[Hashable] = set()
         self.recent: dict[Hashable, tuple[Edge, float]] = {}  # closed sockets, for late bytes
         self._deferred: list[Record] = []  # drained late, applied next refresh
@@ -464,10 +467,13 @@ class FlowBook:
             if r.labeled:
                 t.add_labeled(r.labeled)
             reported.add(sid)
-            if r.opened and sid not in opened:
+            if r.opened and not (entry[2] if entry is not None else sid in opened):
                 t.opened += 1
                 if kind == "late":
-                    opened.add(sid)
+                    if entry is not None:
+                        entry[2] = True
+                    else:
+                        opened.add(sid)
             if kind == "late":
                 if entry is not None:
                     entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
@@ -542,7 +548,7 @@ class FlowBook:
                 if edge is None:
                     rows.append(-1)
                     continue
-                entry = self.bound[sid] = [edge, flow]
+                entry = self.bound[sid] = [edge, flow, False]
             elif closing:
                 # The kernel is taking the counters for a record this drain did
                 # not bring yet: keep counting what we last saw, so no dip.
@@ -564,8 +570,8 @@ class FlowBook:
                 acc[1] += flow[1]
                 acc[2] += flow[2]
                 acc[3] += flow[3]
-            if opened and sid not in self.opened:
-                self.opened.add(sid)
+            if opened and not entry[2]:
+                entry[2] = True
                 closed.setdefault(edge, Totals()).opened += 1
         live_totals = {
             e: _totals_for(e, (acc[0], acc[1], acc[2], acc[3])) for e, acc in live_sums.items()
@@ -602,7 +608,7 @@ class FlowBook:
         # record comes; after lost_after seconds, take it as lost.
         for sid in [s for s in self.bound if s not in seen]:
             since = self.missing.setdefault(sid, now)
-            edge, flow = self.bound[sid]
+            edge, flow, _ = self.bound[sid]
             if now - since < self.lost_after:
                 live_totals.setdefault(edge, Totals()).add(_totals_for(edge, flow))
                 continue
