@@ -396,7 +396,7 @@ class FlowBook:
         self.missing: dict[Hashable, float] = {}  # bound, gone from the map, no record yet
         self.lost_after = lost_after
         self.vanished = 0  # bound sockets gone without a record (lost; the kernel counts it)
-        self.max_recent = 1 << 17
+        self.max_recent = 1 << 16
 
     def _bind(
         self, sid: Hashable, sock: Sock, force: bool, local: str | None = None

@@ -85,6 +85,10 @@ class Agent:
         self.config = config or AgentConfig()
         self.identity = identity or IdentityResolver()
         self.namer = Namer(self.identity)
+        # Endpoints of closed sockets stay a while to name late peers; as many
+        # as the kernel can hold flows is plenty (under a churn it was the
+        # agent's largest table).
+        self.namer.max_endpoints = self.config.max_tcp_flows + self.config.max_udp_flows
         self.table = EdgeTable(max_series=self.config.max_series)
         self.tcp_book = FlowBook(self.namer, self.table, "tcp")
         self.udp_book = FlowBook(self.namer, self.table, "udp")
