@@ -383,9 +383,10 @@ class FlowBook:
         self.protocol = protocol
         self.bind_after = bind_after
         self.clock = clock
-        # socket id -> [edge, last flow counted live, opening counted]; the last
-        # flow stands in for an entry whose counters the kernel is taking for
-        # its record
+        # socket id -> [edge, opening counted, *last flow counted live] (the
+        # flow's four counters in the list itself: one object per socket); the
+        # last flow stands in for an entry whose counters the kernel is taking
+        # for its record
         self.bound: dict[Hashable, list[Any]] = {}
         self.first_seen: dict[Hashable, float] = {}
         # Sockets not bound whose opening was counted (a set of every bound
@@ -467,16 +468,16 @@ class FlowBook:
             if r.labeled:
                 t.add_labeled(r.labeled)
             reported.add(sid)
-            if r.opened and not (entry[2] if entry is not None else sid in opened):
+            if r.opened and not (entry[1] if entry is not None else sid in opened):
                 t.opened += 1
                 if kind == "late":
                     if entry is not None:
-                        entry[2] = True
+                        entry[1] = True
                     else:
                         opened.add(sid)
             if kind == "late":
                 if entry is not None:
-                    entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
+                    entry[2:] = (0, 0, 0, 0)  # its counters were taken with the record
                 continue
             if kind == "close":
                 t.closed += 1
@@ -548,13 +549,13 @@ class FlowBook:
                 if edge is None:
                     rows.append(-1)
                     continue
-                entry = self.bound[sid] = [edge, flow, False]
+                entry = self.bound[sid] = [edge, False, *flow]
             elif closing:
                 # The kernel is taking the counters for a record this drain did
                 # not bring yet: keep counting what we last saw, so no dip.
-                flow = entry[1]
+                flow = entry[2:]
             else:
-                entry[1] = flow
+                entry[2:] = flow
             seen.add(sid)
             edge = entry[0]
             i = edge_index.get(edge)
@@ -570,8 +571,8 @@ class FlowBook:
                 acc[1] += flow[1]
                 acc[2] += flow[2]
                 acc[3] += flow[3]
-            if opened and not entry[2]:
-                entry[2] = True
+            if opened and not entry[1]:
+                entry[1] = True
                 closed.setdefault(edge, Totals()).opened += 1
         live_totals = {
             e: _totals_for(e, (acc[0], acc[1], acc[2], acc[3])) for e, acc in live_sums.items()
@@ -608,7 +609,8 @@ class FlowBook:
         # record comes; after lost_after seconds, take it as lost.
         for sid in [s for s in self.bound if s not in seen]:
             since = self.missing.setdefault(sid, now)
-            edge, flow, _ = self.bound[sid]
+            entry = self.bound[sid]
+            edge, flow = entry[0], entry[2:]
             if now - since < self.lost_after:
                 live_totals.setdefault(edge, Totals()).add(_totals_for(edge, flow))
                 continue

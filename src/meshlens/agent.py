@@ -367,6 +367,18 @@ def _tcp_sock(v: np.void) -> Sock:
     return _tcp_socks(v.reshape(1) if v.shape else np.array([v]))[0]
 
 
+_ints: dict[int, int] = {}  # netns inodes: one int object each, not one per socket
+
+
+def _shared(values: list[int]) -> list[int]:
+    """The same int object for equal values (the endpoint directory keeps one
+    per socket)."""
+    if len(_ints) > 4096:
+        _ints.clear()
+    get = _ints.setdefault
+    return [get(v, v) for v in values]
+
+
 def _tcp_socks(rows: np.ndarray) -> list[Sock]:
     """Socks of many flow values or records at once: columns to lists first,
     per-row numpy access costs microseconds."""
@@ -375,7 +387,7 @@ def _tcp_socks(rows: np.ndarray) -> list[Sock]:
     raddrs = column_bytes(rows, "raddr")
     out = []
     for tgid, comm, netns, cg, fam, la, lp, ra, rp, d in zip(
-        rows["tgid"].tolist(), rows["comm"].tolist(), rows["netns"].tolist(),
+        rows["tgid"].tolist(), rows["comm"].tolist(), _shared(rows["netns"].tolist()),
         rows["cgroup_id"].tolist(), fams, laddrs, rows["lport"].tolist(), raddrs,
         rows["rport"].tolist(), rows["dir"].tolist(), strict=True,
     ):  # fmt: skip
