@@ -46,6 +46,11 @@ def _load() -> ctypes.CDLL:
 
 _lib = _load()
 _libc = ctypes.CDLL(None, use_errno=True)
+# The same library through PyDLL, whose calls keep the GIL: for calls that run
+# Python callbacks many times and never block (draining a ring buffer). Through
+# CDLL each record's callback must take the GIL back, and while another thread
+# runs Python that waits for a switch interval (5 ms) per record.
+_lib_gil = ctypes.PyDLL(_lib._name)
 
 _PRINT_FN = _c.CFUNCTYPE(_c.c_int, _c.c_int, _c.c_char_p, _vp)
 _SAMPLE_FN = _c.CFUNCTYPE(_c.c_int, _vp, _vp, _c.c_size_t)
@@ -93,7 +98,9 @@ _prog_info = _fn("bpf_obj_get_info_by_fd", _c.c_int, _c.c_int, _vp, _c.POINTER(_
 _rb_new = _fn("ring_buffer__new", _vp, _c.c_int, _SAMPLE_FN, _vp, _vp)
 _rb_add = _fn("ring_buffer__add", _c.c_int, _vp, _c.c_int, _SAMPLE_FN, _vp)
 _rb_poll = _fn("ring_buffer__poll", _c.c_int, _vp, _c.c_int)
-_rb_consume = _fn("ring_buffer__consume", _c.c_int, _vp)
+_rb_consume = _lib_gil.ring_buffer__consume
+_rb_consume.restype = _c.c_int
+_rb_consume.argtypes = [_vp]
 _rb_free = _fn("ring_buffer__free", None, _vp)
 _rb_epoll_fd = _fn("ring_buffer__epoll_fd", _c.c_int, _vp)
 _set_print = _fn("libbpf_set_print", _vp, _PRINT_FN)
@@ -112,8 +119,15 @@ _log: collections.deque[str] = collections.deque(maxlen=2000)
 _log_lock = threading.Lock()
 
 
+_LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN, INFO, DEBUG
+
+
 @_PRINT_FN
 def _on_print(level: int, fmt: bytes, args: int) -> int:
+    # Debug lines (every CO-RE relocation: thousands per start) are not kept;
+    # failures, verifier logs included, come as warnings.
+    if level >= _LIBBPF_DEBUG:
+        return 0
     buf = _c.create_string_buffer(4096)
     _vsnprintf(buf, len(buf), fmt, args)
     with _log_lock:
@@ -333,18 +347,20 @@ class Map:
             prev = nxt.raw
             yield prev
 
-    def lookup_batch(self, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+    def lookup_batch(self, chunk: int = 4096) -> tuple[bytearray, bytearray, int]:
         """Every entry in batches: (keys, values, count), packed back to back.
 
-        One syscall per `chunk` entries; falls back to key iteration on kernels
-        without batch support for this map type."""
+        One syscall per `chunk` entries, each batch copied once into the
+        result (its size follows what was read, not the map's capacity); falls
+        back to key iteration on kernels without batch support for this map type."""
         ks, vs = self.key_size, self._value_buf_size()
         keys = _c.create_string_buffer(ks * chunk)
         vals = _c.create_string_buffer(vs * chunk)
+        kview, vview = memoryview(keys).cast("B"), memoryview(vals).cast("B")
         token_in = _c.create_string_buffer(max(ks, 8))
         token_out = _c.create_string_buffer(max(ks, 8))
-        out_k: list[bytes] = []
-        out_v: list[bytes] = []
+        out_k = bytearray()
+        out_v = bytearray()
         total = 0
         first = True
         while True:
@@ -358,24 +374,26 @@ class Map:
                     return self._lookup_iter()
                 raise LibbpfError(err, f"batch lookup in {self.name}")
             n = count.value
-            out_k.append(keys.raw[: n * ks])
-            out_v.append(vals.raw[: n * vs])
+            out_k += kview[: n * ks]
+            out_v += vview[: n * vs]
             total += n
             if err == errno.ENOENT:
                 break
             _c.memmove(token_in, token_out, len(token_out))
             first = False
-        return b"".join(out_k), b"".join(out_v), total
+        return out_k, out_v, total
 
-    def _lookup_iter(self) -> tuple[bytes, bytes, int]:
-        ks: list[bytes] = []
-        vs: list[bytes] = []
+    def _lookup_iter(self) -> tuple[bytearray, bytearray, int]:
+        ks = bytearray()
+        vs = bytearray()
+        n = 0
         for k in list(self.keys()):
             v = self.lookup(k)
             if v is not None:
-                ks.append(k)
-                vs.append(v)
-        return b"".join(ks), b"".join(vs), len(ks)
+                ks += k
+                vs += v
+                n += 1
+        return ks, vs, n
 
     def percpu_sums(self) -> list[int]:
         """Sum each slot of a PERCPU_ARRAY of u64 over all CPUs (mod 2**64)."""
@@ -502,6 +520,34 @@ class RingBuffers:
         if self._ptr is not None:
             _rb_free(self._ptr)
             self._ptr = None
+
+
+# glibc's malloc: mallopt(3) parameters and malloc_trim(3).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_mallopt = getattr(_libc, "mallopt", None)
+_malloc_trim = getattr(_libc, "malloc_trim", None)
+
+
+def tune_malloc(threshold: int = 128 << 10, arenas: int = 2) -> bool:
+    """Keep the C heap from holding on to freed memory. A refresh allocates
+    buffers of megabytes (batch reads, arrays) and frees them; by default glibc
+    then raises its mmap threshold, so the next such buffers come from the heap
+    and their pages stay resident after free(), and every thread gets its own
+    arena that keeps what it freed. A fixed threshold (buffers above it are
+    mmapped and unmapped on free), heap trimming above it, and few arenas keep
+    the agent's RSS near what it really uses. False where there is no glibc."""
+    if _mallopt is None:
+        return False
+    ok = _mallopt(_M_MMAP_THRESHOLD, threshold) == 1
+    ok = _mallopt(_M_TRIM_THRESHOLD, threshold) == 1 and ok
+    return _mallopt(_M_ARENA_MAX, arenas) == 1 and ok
+
+
+def release_free_memory() -> None:
+    """Give the pages of freed heap memory back to the kernel (malloc_trim(0)),
+    e.g. after a refresh freed its buffers."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def enable_run_time_stats() -> int | None:

@@ -15,9 +15,9 @@ map, losing whatever the kernel added in between.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -114,17 +114,38 @@ def _raise_to(t: Totals, floor: Totals) -> None:
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+# Raw address -> its text, so that the sockets of one address share one string
+# (the endpoint directory keeps one per socket); cleared when it gets big.
+_ip_texts: dict[bytes, str] = {}
+_IP_TEXTS_MAX = 65536
 
 
 def ip_text(family: int, raw: bytes) -> str:
     """Address text as Python's ipaddress writes it; IPv4-mapped IPv6 as IPv4.
     inet_ntop, not ipaddress: this runs for every new socket."""
     raw = bytes(raw)
+    key = raw[:4] if family == 2 else raw[:16]  # 4 or 16 bytes: never the same key
+    text = _ip_texts.get(key)
+    if text is not None:
+        return text
     if family == 2:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    if raw[:12] == _V4_MAPPED:
-        return socket.inet_ntop(socket.AF_INET, raw[12:16])
-    return socket.inet_ntop(socket.AF_INET6, raw[:16])
+        text = socket.inet_ntop(socket.AF_INET, key)
+    elif key[:12] == _V4_MAPPED:
+        text = socket.inet_ntop(socket.AF_INET, key[12:16])
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, key)
+    if len(_ip_texts) >= _IP_TEXTS_MAX:
+        _ip_texts.clear()
+    _ip_texts[key] = text
+    return text
+
+
+def column_bytes(rows: np.ndarray, name: str) -> list[bytes]:
+    """A u8[N] column of a structured array as one bytes object per row
+    (per-row numpy access costs microseconds)."""
+    col = np.ascontiguousarray(rows[name])
+    raw, n = col.tobytes(), col.dtype.itemsize * (col.shape[1] if col.ndim > 1 else 1)
+    return [raw[i : i + n] for i in range(0, len(raw), n)]
 
 
 def service_name(workload: str, ip: str, port: int) -> str:
@@ -148,9 +169,12 @@ class Namer:
         self.identity = identity
         # (netns or 0, ip, port) -> workload, for local ends of sockets we saw
         self.endpoints: dict[tuple[int, str, int], str] = {}
-        # When each endpoint was last learned, oldest first, so a churn of short
-        # connections does not grow the directory without bound.
-        self._learned: OrderedDict[tuple[int, str, int], float] = OrderedDict()
+        # When each endpoint was last learned, oldest first (a dict keeps the
+        # order of insertion), so a churn of short connections does not grow
+        # the directory without bound: entries go after a while, and the
+        # oldest go first past max_endpoints.
+        self._learned: dict[tuple[int, str, int], float] = {}
+        self.max_endpoints = 1 << 18
         self.clock: Callable[[], float] = time.monotonic
         self.listeners: dict[tuple[int, int], str] = {}  # (netns, port) -> workload
         # Features that can name an address no local socket holds (e.g. from DNS
@@ -168,23 +192,31 @@ class Namer:
     def _scope(self, netns: int, ip: str) -> int:
         return netns if is_loopback(ip) else 0
 
-    def learn(self, s: Sock, workload: str) -> None:
-        key = (self._scope(s.netns, s.laddr), s.laddr, s.lport)
+    def learn(self, s: Sock, workload: str, now: float | None = None) -> None:
+        laddr = s.laddr
+        key = (s.netns if is_loopback(laddr) else 0, laddr, s.lport)
         self.endpoints[key] = workload
-        self._learned[key] = self.clock()
-        self._learned.move_to_end(key)
+        learned = self._learned
+        learned.pop(key, None)  # to the end: learned last
+        learned[key] = self.clock() if now is None else now
 
     def forget_older_than(self, seconds: float) -> None:
         """Drop endpoints not learned again for this long (their sockets are gone;
-        live ones are bound to their edges already)."""
+        live ones are bound to their edges already), and the oldest past
+        max_endpoints. Between refreshes only: a refresh names the two ends of
+        a connection from what it learned of both."""
         limit = self.clock() - seconds
         learned = self._learned
-        while learned:
-            key, when = next(iter(learned.items()))
-            if when >= limit:
+        over = len(learned) - self.max_endpoints
+        stale = []
+        for key, when in learned.items():
+            if when >= limit and len(stale) >= over:
                 break
+            stale.append(key)
+        endpoints = self.endpoints
+        for key in stale:
             del learned[key]
-            self.endpoints.pop(key, None)
+            endpoints.pop(key, None)
 
     def set_listeners(self, listeners: dict[tuple[int, int], str]) -> None:
         self.listeners = listeners
@@ -220,8 +252,10 @@ class Namer:
                 return name
         return None
 
-    def edge(self, s: Sock, protocol: str) -> Edge:
-        local = self.local(s)
+    def edge(self, s: Sock, protocol: str, local: str | None = None) -> Edge:
+        """The edge of a socket; `local` is its local name when already known."""
+        if local is None:
+            local = self.local(s)
         remote = self.remote(s)
         if self.is_server(s):
             return Edge(
@@ -259,16 +293,19 @@ class EdgeTable:
     overflowed: int = 0
     closed: dict[Edge, Totals] = field(default_factory=dict)
     live: dict[Edge, Totals] = field(default_factory=dict)
-    _known: set[Edge] = field(default_factory=set)
+    # every admitted edge, to itself: sockets of one edge share one Edge
+    _known: dict[Edge, Edge] = field(default_factory=dict)
     _exported: dict[Edge, Totals] = field(default_factory=dict)
 
     def admit(self, edge: Edge) -> Edge:
-        if edge in self._known:
-            return edge
+        known = self._known.get(edge)
+        if known is not None:
+            return known
         if len(self._known) >= self.max_series:
             self.overflowed += 1
-            return Edge(edge.reporter, OVERFLOW, OVERFLOW, OVERFLOW, edge.protocol)
-        self._known.add(edge)
+            edge = Edge(edge.reporter, OVERFLOW, OVERFLOW, OVERFLOW, edge.protocol)
+            return self._known.get(edge, edge)
+        self._known[edge] = edge
         return edge
 
     def totals(self) -> dict[Edge, Totals]:
@@ -301,6 +338,30 @@ class Record(NamedTuple):
     labeled: dict[tuple[str, str], int] | None = None
 
 
+class LiveRows(NamedTuple):
+    """Every entry of a flow map as columns, row i in each: what update() takes
+    per refresh without a tuple and a Sock-maker per row (at 10k flows those
+    are megabytes of short-lived objects every refresh)."""
+
+    sids: list[Hashable]
+    flows: list[tuple[int, int, int, int]]
+    opened: list[bool]
+    closing: list[bool]
+    make: Callable[[int], Sock]  # the Sock of row i, decoded only when called
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]) -> LiveRows:
+        """From (socket id, Sock-maker, Flow, opened, closing) per entry."""
+        rows = list(rows)
+        return cls(
+            [r[0] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            [r[4] for r in rows],
+            lambda i: rows[i][1](),
+        )
+
+
 class FlowBook:
     """Live-plus-closed accounting for one protocol's sockets.
 
@@ -322,18 +383,27 @@ class FlowBook:
         self.protocol = protocol
         self.bind_after = bind_after
         self.clock = clock
-        # socket id -> [edge, last flow counted live]; the last flow stands in
-        # for an entry whose counters the kernel is taking for its record
+        # socket id -> [edge, opening counted, *last flow counted live] (the
+        # flow's four counters in the list itself: one object per socket); the
+        # last flow stands in for an entry whose counters the kernel is taking
+        # for its record
         self.bound: dict[Hashable, list[Any]] = {}
         self.first_seen: dict[Hashable, float] = {}
+        # Sockets not bound whose opening was counted (a set of every bound
+        # socket's id was the largest table at 10k flows: the flag is in `bound`)
         self.opened: set[Hashable] = set()
         self.recent: dict[Hashable, tuple[Edge, float]] = {}  # closed sockets, for late bytes
         self._deferred: list[Record] = []  # drained late, applied next refresh
         self.missing: dict[Hashable, float] = {}  # bound, gone from the map, no record yet
         self.lost_after = lost_after
         self.vanished = 0  # bound sockets gone without a record (lost; the kernel counts it)
+        self.max_recent = 1 << 16
 
-    def _bind(self, sid: Hashable, sock: Sock, force: bool) -> Edge | None:
+    def _bind(
+        self, sid: Hashable, sock: Sock, force: bool, local: str | None = None
+    ) -> Edge | None:
+        """The edge of a socket not bound yet; `local` is its local name when
+        update() learned it already."""
         now = self.clock()
         # An accepted socket whose owner the kernel did not know yet (its
         # listener predates the agent) is named once its reader shows up.
@@ -341,9 +411,12 @@ class FlowBook:
             first = self.first_seen.setdefault(sid, now)
             if now - first < self.bind_after:
                 return None
-        self.namer.learn(sock, self.namer.local(sock))
-        edge = self.table.admit(self.namer.edge(sock, self.protocol))
-        self.first_seen.pop(sid, None)
+        if local is None:
+            local = self.namer.local(sock)
+            self.namer.learn(sock, local, now)
+        edge = self.table.admit(self.namer.edge(sock, self.protocol, local))
+        if self.first_seen:
+            self.first_seen.pop(sid, None)
         return edge
 
     def _apply_records(
@@ -352,47 +425,85 @@ class FlowBook:
         made: dict[Hashable, Sock],
         reported: set[Hashable],
         now: float,
+        names: dict[Hashable, str] | None = None,
     ) -> None:
+        """Add records to the closed totals. Runs for every record (two per
+        connection under a churn), so it adds counters in place and sums the
+        health vectors per edge at the end."""
         closed = self.table.closed
+        bound, opened, recent, missing = self.bound, self.opened, self.recent, self.missing
+        names = names or {}
+        healths: dict[Edge, list[np.ndarray]] = {}
         for r in records:
             sid = r.sid
-            entry = self.bound.get(sid)
+            kind = r.kind
+            entry = bound.get(sid)
             edge = entry[0] if entry else None
-            if edge is None and r.kind == "late":
-                hit = self.recent.get(r.late_key)
+            if edge is None and kind == "late":
+                hit = recent.get(r.late_key)
                 edge = hit[0] if hit else None
             if edge is None:
-                edge = self._bind(sid, made.get(sid) or r.make(), force=True)
+                edge = self._bind(sid, made.get(sid) or r.make(), True, names.get(sid))
                 assert edge is not None
-            t = closed.setdefault(edge, Totals())
-            t.add(_totals_for(edge, r.flow))
-            t.add_health(r.health)
+            t = closed.get(edge)
+            if t is None:
+                t = closed[edge] = Totals()
+            sent, received, sends, recvs = r.flow
+            if edge.reporter == "source":  # as _totals_for
+                t.request_bytes += sent
+                t.response_bytes += received
+                t.request_calls += sends
+                t.response_calls += recvs
+            else:
+                t.request_bytes += received
+                t.response_bytes += sent
+                t.request_calls += recvs
+                t.response_calls += sends
+            if r.health is not None:
+                vecs = healths.get(edge)
+                if vecs is None:
+                    healths[edge] = [r.health]
+                else:
+                    vecs.append(r.health)
             if r.labeled:
                 t.add_labeled(r.labeled)
             reported.add(sid)
-            if r.opened and sid not in self.opened:
+            if r.opened and not (entry[1] if entry is not None else sid in opened):
                 t.opened += 1
-                self.opened.add(sid)
-            if r.kind == "late":
+                if kind == "late":
+                    if entry is not None:
+                        entry[1] = True
+                    else:
+                        opened.add(sid)
+            if kind == "late":
                 if entry is not None:
-                    entry[1] = Flow(0, 0, 0, 0)  # its counters were taken with the record
+                    entry[2:] = (0, 0, 0, 0)  # its counters were taken with the record
                 continue
-            if r.kind == "close":
+            if kind == "close":
                 t.closed += 1
-            self.opened.discard(sid)
-            self.bound.pop(sid, None)
-            self.missing.pop(sid, None)
-            self.recent[r.late_key] = (edge, now)
+            opened.discard(sid)
+            if entry is not None:
+                del bound[sid]
+                missing.pop(sid, None)
+            recent[r.late_key] = (edge, now)
+        for edge, vecs in healths.items():
+            closed[edge].add_health(vecs[0] if len(vecs) == 1 else np.sum(vecs, axis=0))
+        # Late records follow their close within a drain or two: under a churn,
+        # keep the newest closed sockets only.
+        over = len(recent) - self.max_recent
+        if over > 0:
+            for key in list(itertools.islice(recent, over)):
+                del recent[key]
 
     def update(
         self,
-        live: Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
+        live: LiveRows | Iterable[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]],
         records: Iterable[Record],
         live_health: np.ndarray | None = None,
         live_labeled: dict[int, dict[tuple[str, str], int]] | None = None,
         redrain: Callable[[], list[Record]] | None = None,
     ) -> None:
-        """live: (socket id, Sock-maker, Flow, opened, closing) per map entry, and
+        """live: LiveRows, or (socket id, Sock-maker, Flow, opened, closing) per map entry, and
         optionally each entry's health vector (rows in the same order) and labeled
         counts (by row number)."""
         now = self.clock()
@@ -400,42 +511,51 @@ class FlowBook:
         reported: set[Hashable] = set()  # sockets with a record in this drain
         records = self._deferred + list(records)
         self._deferred = []
-        live = list(live)
+        if not isinstance(live, LiveRows):
+            live = LiveRows.of(live)
+        sids, flows, closings = live.sids, live.flows, live.closing
         # Learn the local end of every new socket before naming any edge, so the
         # two ends of a connection on this host name each other in one refresh.
         made: dict[Hashable, Sock] = {}
+        bound = self.bound
         for r in records:
-            if r.sid not in self.bound:
+            if r.sid not in bound:
                 made[r.sid] = r.make()
-        for sid, make, _, _, closing in live:
-            if sid not in self.bound and not closing and sid not in made:
-                made[sid] = make()
-        for sock in made.values():
-            if sock.tgid or self.namer.identity.netns_name(sock.netns):
-                self.namer.learn(sock, self.namer.local(sock))
-        self._apply_records(records, made, reported, now)
+        for i, sid in enumerate(sids):
+            if sid not in bound and not closings[i] and sid not in made:
+                made[sid] = live.make(i)
+        names: dict[Hashable, str] = {}  # local names learned here, for _bind
+        namer = self.namer
+        netns_name = namer.identity.netns_name
+        for sid, sock in made.items():
+            if sock.tgid or netns_name(sock.netns):
+                names[sid] = local = namer.local(sock)
+                namer.learn(sock, local, now)
+        self._apply_records(records, made, reported, now, names)
         live_sums: dict[Edge, list[int]] = {}  # own-socket directions, oriented below
         seen: set[Hashable] = set()
         rows: list[int] = []  # row -> index into `edges`, -1 when not counted live
         edges: list[Edge] = []
         edge_index: dict[Edge, int] = {}
-        for sid, make, flow, opened, closing in live:
+        for i, (sid, flow, opened, closing) in enumerate(
+            zip(sids, flows, live.opened, closings, strict=True)
+        ):
             entry = self.bound.get(sid)
             if entry is None:
                 if sid in reported or closing:
                     rows.append(-1)
                     continue  # counted from its record (now or in a later drain)
-                edge = self._bind(sid, made.get(sid) or make(), force=False)
+                edge = self._bind(sid, made.get(sid) or live.make(i), False, names.get(sid))
                 if edge is None:
                     rows.append(-1)
                     continue
-                entry = self.bound[sid] = [edge, flow]
+                entry = self.bound[sid] = [edge, False, *flow]
             elif closing:
                 # The kernel is taking the counters for a record this drain did
                 # not bring yet: keep counting what we last saw, so no dip.
-                flow = entry[1]
+                flow = entry[2:]
             else:
-                entry[1] = flow
+                entry[2:] = flow
             seen.add(sid)
             edge = entry[0]
             i = edge_index.get(edge)
@@ -451,8 +571,8 @@ class FlowBook:
                 acc[1] += flow[1]
                 acc[2] += flow[2]
                 acc[3] += flow[3]
-            if opened and sid not in self.opened:
-                self.opened.add(sid)
+            if opened and not entry[1]:
+                entry[1] = True
                 closed.setdefault(edge, Totals()).opened += 1
         live_totals = {
             e: _totals_for(e, (acc[0], acc[1], acc[2], acc[3])) for e, acc in live_sums.items()
@@ -482,14 +602,15 @@ class FlowBook:
             for r in more:
                 if r.sid not in self.bound and r.sid not in made:
                     made[r.sid] = r.make()
-            self._apply_records(more, made, reported, now)
+            self._apply_records(more, made, reported, now, names)
         # Still none: a reservation made earlier on another CPU may hold it back
         # longer (a preempted program), or the ring buffer was full and the
         # kernel counted the loss. Keep counting what we had of it until its
         # record comes; after lost_after seconds, take it as lost.
         for sid in [s for s in self.bound if s not in seen]:
             since = self.missing.setdefault(sid, now)
-            edge, flow = self.bound[sid]
+            entry = self.bound[sid]
+            edge, flow = entry[0], entry[2:]
             if now - since < self.lost_after:
                 live_totals.setdefault(edge, Totals()).add(_totals_for(edge, flow))
                 continue

@@ -3,6 +3,7 @@ counters into per-edge totals on demand (a scrape costs one batch read per map).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -16,7 +17,17 @@ import numpy as np
 
 from . import _libbpf as libbpf
 from . import kernel_enums
-from .accounting import EdgeTable, Flow, FlowBook, Namer, Record, Sock, ip_text
+from .accounting import (
+    EdgeTable,
+    Flow,
+    FlowBook,
+    LiveRows,
+    Namer,
+    Record,
+    Sock,
+    column_bytes,
+    ip_text,
+)
 from .identity import IdentityResolver
 from .probes import tcpflow, udpflow
 from .probes.base import Probe, ProbeStatus
@@ -40,6 +51,10 @@ class AgentConfig:
     tcp_health: bool = True  # tcpflow's per-socket health hooks
     features: tuple[str, ...] | None = None  # None: every feature in meshlens.features
     options: dict[str, Any] = field(default_factory=dict)  # feature options from the CLI
+    # Keep each refresh's map reads and records (last_tcp, last_udp, last_records)
+    # for `top` and the trace tools; `meshlens run` does not need them (at 10k
+    # flows they are megabytes).
+    snapshots: bool = True
 
 
 @dataclass
@@ -50,8 +65,17 @@ class SelfStats:
     decode_errors: int = 0
 
 
+_comms: dict[bytes, str] = {}  # raw comm -> text: a few processes make most sockets
+
+
 def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
+    text = _comms.get(raw)
+    if text is None:
+        text = raw.split(b"\0", 1)[0].decode(errors="replace")
+        if len(_comms) >= 4096:
+            _comms.clear()
+        _comms[raw] = text
+    return text
 
 
 class Agent:
@@ -61,6 +85,10 @@ class Agent:
         self.config = config or AgentConfig()
         self.identity = identity or IdentityResolver()
         self.namer = Namer(self.identity)
+        # Endpoints of closed sockets stay a while to name late peers; as many
+        # as the kernel can hold flows is plenty (under a churn it was the
+        # agent's largest table).
+        self.namer.max_endpoints = self.config.max_tcp_flows + self.config.max_udp_flows
         self.table = EdgeTable(max_series=self.config.max_series)
         self.tcp_book = FlowBook(self.namer, self.table, "tcp")
         self.udp_book = FlowBook(self.namer, self.table, "udp")
@@ -95,6 +123,7 @@ class Agent:
         """Load and attach every probe; a probe that fails is reported and the
         rest run on, unless strict."""
         t0 = time.monotonic()
+        libbpf.tune_malloc()
         if self.config.bpf_stats:
             self._stats_fd = libbpf.enable_run_time_stats()
         wanted: list[Probe] = []
@@ -129,6 +158,9 @@ class Agent:
         if self.udp:
             self.rings.add(self.udp.map(udpflow.EVENTS_MAP), self._pending["udpflow"].append)
         self._start_features()
+        for probe in self.probes:
+            probe.btf = None  # parsed for layouts and globals before load; not used after
+        _tune_gc()
         self.started_at = time.time()
         self.startup_seconds = time.monotonic() - t0
         self._poller = threading.Thread(target=self._poll_loop, name="ringbuf", daemon=True)
@@ -231,41 +263,60 @@ class Agent:
             now = time.monotonic()
             if not force and now - self._last_refresh < self.config.min_refresh_interval:
                 return False
-            t0 = time.perf_counter()
-            tcp_live = self.tcp.read_flows() if self.tcp else None
-            udp_live = self.udp.read_flows() if self.udp else None
-            if self.tcp:
-                self.namer.set_listeners(self._listeners())
-            for feat in self.features:
-                feat.refresh()
-            with self._ring_lock:
-                self.rings.consume()  # after the reads: see accounting.py
-                tcp_recs = self._take("tcpflow")
-                udp_recs = self._take("udpflow")
+            # No cyclic collection in the middle of a refresh: it would walk
+            # every record and socket the refresh holds (tens of ms with the
+            # interpreter lock held, while the ring buffers fill); what the
+            # refresh made is freed by reference counts when it ends.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                return self._refresh()
+            finally:
+                if collecting:
+                    gc.enable()
+
+    def _refresh(self) -> bool:
+        """The body of refresh(), under its lock."""
+        t0 = time.perf_counter()
+        tcp_live = self.tcp.read_flows() if self.tcp else None
+        udp_live = self.udp.read_flows() if self.udp else None
+        if self.tcp:
+            self.namer.set_listeners(self._listeners())
+        for feat in self.features:
+            feat.refresh()
+        with self._ring_lock:
+            self.rings.consume()  # after the reads: see accounting.py
+            tcp_recs = self._take("tcpflow")
+            udp_recs = self._take("udpflow")
+        if self.config.snapshots:
             self.last_records = {"tcpflow": tcp_recs, "udpflow": udp_recs}
-            if self.tcp and tcp_live is not None:
+        if self.tcp and tcp_live is not None:
+            if self.config.snapshots:
                 self.last_tcp = tcp_live
-                keys, vals = tcp_live
-                self.tcp_book.update(
-                    _tcp_live(keys, vals),
-                    _tcp_records(tcp_recs),
-                    *tcp_health(vals),
-                    redrain=lambda: list(_tcp_records(self._redrain("tcpflow"))),
-                )
-            if self.udp and udp_live is not None:
+            keys, vals = tcp_live
+            self.tcp_book.update(
+                _tcp_live(keys, vals),
+                _tcp_records(tcp_recs),
+                *tcp_health(vals),
+                redrain=lambda: list(_tcp_records(self._redrain("tcpflow"))),
+            )
+        if self.udp and udp_live is not None:
+            if self.config.snapshots:
                 self.last_udp = udp_live
-                self.udp_book.update(
-                    _udp_live(*udp_live),
-                    _udp_records(udp_recs),
-                    redrain=lambda: list(_udp_records(self._redrain("udpflow"))),
-                )
-            for feat in self.features:
-                feat.account()
-            self.namer.forget_older_than(120.0)
-            self._last_refresh = time.monotonic()
-            self.self_stats.refreshes += 1
-            self.self_stats.refresh_seconds += time.perf_counter() - t0
-            return True
+            self.udp_book.update(
+                _udp_live(*udp_live),
+                _udp_records(udp_recs),
+                redrain=lambda: list(_udp_records(self._redrain("udpflow"))),
+            )
+        for feat in self.features:
+            feat.account()
+        self.namer.forget_older_than(120.0)
+        self._last_refresh = time.monotonic()
+        self.self_stats.refreshes += 1
+        # The reads' buffers and arrays are freed now: return their pages.
+        libbpf.release_free_memory()
+        self.self_stats.refresh_seconds += time.perf_counter() - t0
+        return True
 
     def backlog(self) -> int:
         return sum(len(p) for p in self._pending.values())
@@ -292,6 +343,23 @@ class Agent:
         return out
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_gc() -> None:
+    """Python's cyclic collector, by default, runs every 700 new objects and
+    now and then walks every object the process holds: under a churn of
+    20k connections/s that was 3.6 s of every 10 s, in pauses of up to
+    0.4 s with the interpreter lock held, during which nobody drained the
+    ring buffer and the kernel dropped close records. The agent makes little
+    cyclic garbage (reference counts free what a refresh made), so: what
+    start-up made is frozen out of the collections, and they run rarely."""
+    gc.collect()
+    gc.freeze()
+    if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
+        gc.set_threshold(*GC_THRESHOLDS)
+
+
 # -- decoding kernel rows into accounting inputs ---------------------------
 
 
@@ -306,15 +374,27 @@ def _tcp_sock(v: np.void) -> Sock:
     return _tcp_socks(v.reshape(1) if v.shape else np.array([v]))[0]
 
 
+_ints: dict[int, int] = {}  # netns inodes: one int object each, not one per socket
+
+
+def _shared(values: list[int]) -> list[int]:
+    """The same int object for equal values (the endpoint directory keeps one
+    per socket)."""
+    if len(_ints) > 4096:
+        _ints.clear()
+    get = _ints.setdefault
+    return [get(v, v) for v in values]
+
+
 def _tcp_socks(rows: np.ndarray) -> list[Sock]:
     """Socks of many flow values or records at once: columns to lists first,
     per-row numpy access costs microseconds."""
     fams = rows["family"].tolist()
-    laddrs = [bytes(x) for x in rows["laddr"]]
-    raddrs = [bytes(x) for x in rows["raddr"]]
+    laddrs = column_bytes(rows, "laddr")
+    raddrs = column_bytes(rows, "raddr")
     out = []
     for tgid, comm, netns, cg, fam, la, lp, ra, rp, d in zip(
-        rows["tgid"].tolist(), rows["comm"].tolist(), rows["netns"].tolist(),
+        rows["tgid"].tolist(), rows["comm"].tolist(), _shared(rows["netns"].tolist()),
         rows["cgroup_id"].tolist(), fams, laddrs, rows["lport"].tolist(), raddrs,
         rows["rport"].tolist(), rows["dir"].tolist(), strict=True,
     ):  # fmt: skip
@@ -325,28 +405,19 @@ def _tcp_socks(rows: np.ndarray) -> list[Sock]:
     return out
 
 
-def _tcp_live(
-    keys: np.ndarray, vals: np.ndarray
-) -> Iterator[tuple[Hashable, Callable[[], Sock], tuple[int, int, int, int], bool, bool]]:
-    # Columns as Python lists first: per-row numpy scalar access is slow at 100k rows.
-    sids = zip(keys.tolist(), vals["start_ns"].tolist(), strict=True)
+def _tcp_live(keys: np.ndarray, vals: np.ndarray) -> LiveRows:
+    # Columns as Python lists: per-row numpy scalar access is slow at 100k rows.
+    # One int per socket id (address << 64 | start time), not a tuple of two:
+    # the bound sockets' ids stay in memory for their whole lives.
+    starts = vals["start_ns"].tolist()
+    sids: list[Hashable] = [
+        sk << 64 | start for sk, start in zip(keys.tolist(), starts, strict=True)
+    ]
     cols = ("bytes_sent", "bytes_received", "sends", "recvs")
-    flows = zip(*(vals[c].tolist() for c in cols), strict=True)
+    flows = list(zip(*(vals[c].tolist() for c in cols), strict=True))
     opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
     closing = (vals["flags"] & int(tcpflow.Flag.CLOSING)).astype(bool).tolist()
-    make = _RowSocks(vals)
-    for i, (sid, flow, op, cl) in enumerate(zip(sids, flows, opened, closing, strict=True)):
-        yield sid, make.at(i), flow, op, cl
-
-
-class _RowSocks:
-    """Sock-makers for rows of a flow array, decoded only when called."""
-
-    def __init__(self, vals: np.ndarray) -> None:
-        self.vals = vals
-
-    def at(self, i: int) -> Callable[[], Sock]:
-        return lambda: _tcp_sock(self.vals[i])
+    return LiveRows(sids, flows, opened, closing, lambda i: _tcp_sock(vals[i]))
 
 
 # Health vector of a TCP socket, summed per edge (see TcpHealth in exporter.py):
@@ -414,7 +485,7 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
         if kind == "failed":
             labeled[("connect_failed", kernel_enums.connect_failure(err))] = 1
         yield Record(
-            (sk, start),
+            sk << 64 | start,  # as _tcp_live
             sk,
             (lambda i=i: sock_of(i)),
             (bs, br, ns, nr),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,10 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+
+# numpy's OpenBLAS would start a thread per core for linear algebra the agent
+# never does; set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 EXIT_USAGE = 2
 
@@ -207,6 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         features=args.features,
         tcp_health=not args.no_tcp_health,
         options=vars(args),
+        snapshots=False,  # for top and trace, not the exporter
     )
     agent = Agent(cfg)
     server = None

@@ -332,6 +332,8 @@ class IdentityResolver:
         inum = self._addrs.get(ip)  # text from inet_ntop is already canonical
         if inum is not None:
             return inum
+        if ip.startswith("127.") or ip == "::1":
+            return None  # every netns has loopback: never in the table
         try:
             text = str(ipaddress.ip_address(ip))
         except ValueError:

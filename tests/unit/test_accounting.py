@@ -13,6 +13,7 @@ from meshlens.accounting import (
     EdgeTable,
     Flow,
     FlowBook,
+    LiveRows,
     Namer,
     Record,
     Sock,
@@ -282,3 +283,47 @@ def test_endpoint_directory_forgets_old_entries() -> None:
     clock.t = 130.0
     namer.forget_older_than(120.0)
     assert list(namer.endpoints) == [(0, "198.18.0.1", 7)]
+
+
+def test_endpoint_directory_keeps_the_newest_past_its_cap() -> None:
+    clock = Clock()
+    namer = Namer(FakeIdentity())
+    namer.clock = clock
+    namer.max_endpoints = 10
+    for port in range(100):
+        clock.t = port / 100
+        namer.learn(client(lport=port), "frontend")
+    namer.learn(client(lport=3), "frontend")  # learned again: newest
+    namer.forget_older_than(120.0)
+    assert sorted(p for _, _, p in namer.endpoints) == [3, *range(91, 100)]
+
+
+def test_live_rows_count_like_tuples() -> None:
+    flows = [Flow(7919, 104729, 2, 30), Flow(104729, 7919, 30, 2)]
+    socks = [client(), server()]
+    by_tuple = FlowBook(Namer(FakeIdentity()), EdgeTable(), "tcp", clock=Clock())
+    by_tuple.update([live(7, socks[0], flows[0]), live(8, socks[1], flows[1])], [])
+    by_cols = FlowBook(Namer(FakeIdentity()), EdgeTable(), "tcp", clock=Clock())
+    made: list[int] = []
+    by_cols.update(
+        LiveRows([7, 8], flows, [True, True], [False, False], lambda i: made.append(i) or socks[i]),
+        [],
+    )
+    assert made == [0, 1]  # each socket decoded once, when first bound
+    assert by_cols.table.totals() == by_tuple.table.totals()
+    assert by_cols.table.totals()[SRC].opened == 1
+    by_cols.update(LiveRows([7, 8], flows, [True, True], [False, False], socks.__getitem__), [])
+    assert made == [0, 1] and by_cols.table.totals()[SRC].opened == 1  # bound: not again
+
+
+def test_recently_closed_sockets_are_capped(book: FlowBook) -> None:
+    book.max_recent = 5
+    book.update([], [rec((i, 1), client(lport=1000 + i), Flow(1, 1, 1, 1)) for i in range(20)])
+    assert list(book.recent) == [15, 16, 17, 18, 19]
+    assert book.table.totals()[SRC].closed == 20
+
+
+def test_edges_are_shared_by_their_sockets(book: FlowBook) -> None:
+    book.update([live(i, client(lport=1000 + i), Flow(1, 1, 1, 1)) for i in range(3)], [])
+    edges = {id(entry[0]) for entry in book.bound.values()}
+    assert len(edges) == 1

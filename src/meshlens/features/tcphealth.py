@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 
 from .. import kernel_enums
-from ..accounting import UNKNOWN, Edge, Totals, ip_text, service_name
+from ..accounting import UNKNOWN, Edge, Totals, column_bytes, ip_text, service_name
 from ..probes import tcphealth
 from . import Feature, TraceTool
 
@@ -70,22 +70,30 @@ class TcpHealth(Feature):
         keys, counts = self._events
         seen: dict[bytes, int] = {}
         namer = self.agent.namer
-        for i in range(len(keys)):
-            k = keys[i]
-            raw = k.tobytes()
-            count = int(counts[i])
+        # Most keys did not change since the last refresh: compare them as bytes
+        # and decode only the others (a churn leaves a key per connection).
+        raw_all, size = keys.tobytes(), keys.dtype.itemsize
+        last = self._last
+        changed: list[int] = []
+        deltas: list[int] = []
+        for i, count in enumerate(counts.tolist()):
+            raw = raw_all[i * size : (i + 1) * size]
             seen[raw] = count
-            before = self._last.get(raw, 0)
+            before = last.get(raw, 0)
             delta = count - before if count >= before else count  # re-created after eviction
-            if delta <= 0:
-                continue
-            fam = int(k["family"])
-            netns = int(k["netns"])
-            kind = int(k["kind"])
-            reason = int(k["reason"])
+            if delta > 0:
+                changed.append(i)
+                deltas.append(delta)
+        rows = keys[changed]  # columns as lists: per-row numpy access is slow
+        cols = zip(
+            deltas, rows["family"].tolist(), rows["netns"].tolist(), rows["kind"].tolist(),
+            rows["reason"].tolist(), rows["proto"].tolist(), rows["lport"].tolist(),
+            rows["rport"].tolist(), column_bytes(rows, "laddr"), column_bytes(rows, "raddr"),
+            strict=True,
+        )  # fmt: skip
+        for delta, fam, netns, kind, reason, proto, lport, rport, la, ra in cols:
             if fam:
-                laddr, raddr = ip_text(fam, bytes(k["laddr"])), ip_text(fam, bytes(k["raddr"]))
-                lport, rport = int(k["lport"]), int(k["rport"])
+                laddr, raddr = ip_text(fam, la), ip_text(fam, ra)
                 local = self._local(netns, laddr, lport)
                 peer = namer.at(netns, raddr, rport) or namer.identity.owner_of(raddr) or UNKNOWN
             else:
@@ -93,8 +101,8 @@ class TcpHealth(Feature):
                 lport = rport = 0
                 local, peer = namer.identity.netns_name(netns) or HOST, UNKNOWN
             if kind == tcphealth.Kind.DROP:
-                proto = PROTOCOLS.get(int(k["proto"]), "other") if fam else "unknown"
-                label = (kernel_enums.drop_reason(reason), proto, local, peer)
+                pname = PROTOCOLS.get(proto, "other") if fam else "unknown"
+                label = (kernel_enums.drop_reason(reason), pname, local, peer)
                 self.drops[label] = self.drops.get(label, 0) + delta
             elif kind == tcphealth.Kind.RST_NOSK:
                 # Nobody held the port: the reset answers the peer's segment.

@@ -179,7 +179,7 @@ class DnsProbe(CgroupProbe):
         timeout_seconds: float = 5.0,
         max_pending: int = 16384,
         max_series: int = 16384,
-        ringbuf_bytes: int = 2 << 20,
+        ringbuf_bytes: int = 512 << 10,
     ) -> None:
         super().__init__()
         extra = [p for p in dict.fromkeys(ports) if p != 53]
