@@ -149,7 +149,7 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 def bpftool(*args: str) -> Any:
     p = subprocess.run(["bpftool", "-j", *args], capture_output=True, timeout=30, check=True)
-    return json.loads(p.stdout or b"[]")
+    return json.loads(p.stdout.strip() or b"[]")  # nothing attached: a bare newline
 
 
 OUR_PROGS = ("tcpflow_", "udpflow_", "tcphealth_", "dns_", "http_", "skbchain_")
