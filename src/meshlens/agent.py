@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -31,6 +30,7 @@ from .accounting import (
 from .identity import IdentityResolver
 from .probes import tcpflow, udpflow
 from .probes.base import Probe, ProbeStatus
+from .ringwait import RingWait
 
 if TYPE_CHECKING:
     from .features import Feature
@@ -104,6 +104,7 @@ class Agent:
         self._last_refresh = 0.0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._waiter: RingWait | None = None
         self._stats_fd: int | None = None
         self.self_stats = SelfStats()
         self.started_at = 0.0
@@ -163,6 +164,7 @@ class Agent:
         _tune_gc()
         self.started_at = time.time()
         self.startup_seconds = time.monotonic() - t0
+        self._waiter = RingWait(self.rings.epoll_fd())
         self._poller = threading.Thread(target=self._poll_loop, name="ringbuf", daemon=True)
         self._poller.start()
         self._accountant = threading.Thread(target=self._account_loop, name="account", daemon=True)
@@ -202,10 +204,16 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._backlogged.set()  # the accountant waits on it without a timeout
+        if self._waiter:
+            self._waiter.stop()
         for thread in (self._poller, self._accountant):
             if thread:
                 thread.join(timeout=5)
         self._poller = self._accountant = None
+        if self._waiter:
+            self._waiter.close()
+            self._waiter = None
         with self._ring_lock:
             self.rings.free()
         for feat in self.features:
@@ -221,12 +229,12 @@ class Agent:
     def _poll_loop(self) -> None:
         # Wait on the epoll fd without holding the lock, then drain under it, so
         # a refresh never waits for a poll timeout.
-        fd = self.rings.epoll_fd()
-        while not self._stop.is_set() and fd >= 0:
-            try:
-                select.select([fd], [], [], 0.2)
-            except (OSError, ValueError):
-                return
+        # The kernel wakes us when a ring is 1/8 full (each record, for a trace);
+        # the timer only bounds how long a few records wait. An idle agent's CPU
+        # is mostly these wake-ups, so not more than once a second.
+        timeout = 0.2 if self.on_tcp_event is not None else 1.0
+        waiter = self._waiter
+        while waiter and waiter.wait(timeout):
             # Drain on wake-up and on the timer too: the kernel skips wake-ups
             # until a batch has built up.
             with self._ring_lock:
@@ -243,7 +251,7 @@ class Agent:
 
     def _account_loop(self) -> None:
         while not self._stop.is_set():
-            if self._backlogged.wait(0.5):
+            if self._backlogged.wait():  # set by the poller, or by stop()
                 self._backlogged.clear()
                 if not self._stop.is_set():
                     self.refresh(force=True)

@@ -15,7 +15,6 @@ import functools
 import ipaddress
 import json
 import logging
-import select
 import signal
 import sys
 import threading
@@ -37,6 +36,7 @@ from .. import _libbpf as libbpf
 from .. import dnsmsg
 from ..accounting import UNKNOWN, Namer, Sock, ip_text, service_name
 from ..probes import dns as probe
+from ..ringwait import RingWait
 from . import Feature, TraceTool
 
 if TYPE_CHECKING:
@@ -468,18 +468,16 @@ class RecordPump:
         self._stop = threading.Event()
         self.rings = libbpf.RingBuffers()
         self.rings.add(events, self._raw.append)
+        self._waiter = RingWait(self.rings.epoll_fd())
         self._thread = threading.Thread(target=self._loop, name="dns-records", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _loop(self) -> None:
-        fd = self.rings.epoll_fd()
-        while not self._stop.is_set() and fd >= 0:
-            try:
-                select.select([fd], [], [], 0.2)
-            except (OSError, ValueError):
-                return
+        # woken when the ring is 1/8 full; refresh() pumps first, so the timer
+        # only bounds memory and costs a wake-up a second
+        while self._waiter.wait(1.0):
             self.pump()
 
     def pump(self) -> int:
@@ -506,8 +504,10 @@ class RecordPump:
 
     def stop(self) -> None:
         self._stop.set()
+        self._waiter.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        self._waiter.close()
         with self._lock:
             self.rings.free()
 
