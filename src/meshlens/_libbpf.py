@@ -284,6 +284,7 @@ class Map:
     def __init__(self, ptr: int) -> None:
         self._ptr = ptr
         self.name: str = _map_name(ptr).decode()
+        self._batch_hint = 64  # entries per batch read; follows what reads find
 
     @property
     def fd(self) -> int:
@@ -347,13 +348,17 @@ class Map:
             prev = nxt.raw
             yield prev
 
-    def lookup_batch(self, chunk: int = 4096) -> tuple[bytearray, bytearray, int]:
+    def lookup_batch(self, chunk: int | None = None) -> tuple[bytearray, bytearray, int]:
         """Every entry in batches: (keys, values, count), packed back to back.
 
         One syscall per `chunk` entries, each batch copied once into the
         result (its size follows what was read, not the map's capacity); falls
-        back to key iteration on kernels without batch support for this map type."""
+        back to key iteration on kernels without batch support for this map type.
+        By default a batch holds what the last read found, plus room to grow
+        (zeroing a 4096-entry buffer per small map was most of an idle refresh)."""
         ks, vs = self.key_size, self._value_buf_size()
+        if chunk is None:
+            chunk = self._batch_hint
         keys = _c.create_string_buffer(ks * chunk)
         vals = _c.create_string_buffer(vs * chunk)
         kview, vview = memoryview(keys).cast("B"), memoryview(vals).cast("B")
@@ -369,6 +374,13 @@ class Map:
                 self.fd, None if first else token_in, token_out, keys, vals, _c.byref(count), None
             )
             err = _errno(ret) if ret else 0
+            if err == errno.ENOSPC and count.value == 0 and chunk < 1 << 20:
+                # one hash bucket holds more entries than a batch: a bigger one
+                chunk *= 4
+                keys = _c.create_string_buffer(ks * chunk)
+                vals = _c.create_string_buffer(vs * chunk)
+                kview, vview = memoryview(keys).cast("B"), memoryview(vals).cast("B")
+                continue
             if ret and err not in (errno.ENOENT,):
                 if err == errno.EINVAL and first:
                     return self._lookup_iter()
@@ -381,6 +393,7 @@ class Map:
                 break
             _c.memmove(token_in, token_out, len(token_out))
             first = False
+        self._batch_hint = min(4096, max(64, total + total // 4 + 16))
         return out_k, out_v, total
 
     def _lookup_iter(self) -> tuple[bytearray, bytearray, int]:
