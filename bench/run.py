@@ -242,6 +242,19 @@ def foreign_cpu_seconds() -> dict[int, float]:
     return {pid: cpu for pid, (_, cpu) in info.items() if pid not in own}
 
 
+def own_prog_ids() -> set[int]:
+    """Ids of the BPF programs this process holds fds of (from /proc/self/fdinfo): an
+    agent being loaded in this process is ours before its start() returns."""
+    ids: set[int] = set()
+    base = "/proc/self/fdinfo"
+    for fd in os.listdir(base):
+        with contextlib.suppress(OSError), open(f"{base}/{fd}") as f:
+            for line in f:
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
 class Interference:
     """Other people's work on this machine during a measurement: meshlens BPF programs
     that are not ours (another agent or a test suite) and CPU used by processes outside
@@ -574,7 +587,7 @@ def _sendloop_rep(
     rep: dict[str, Any] = {"ns": {v: {} for v in names}, "runs": {}, "kview": {}, "probes": {}}
     commands: list[str] = []
     ours: set[int] = set()
-    with Interference(ours.copy) as watch:
+    with Interference(lambda: ours | own_prog_ids()) as watch:
         for v in order:
             cfg = SENDLOOP_VARIANTS[v]
             agent = Agent(AgentConfig(**cfg)) if cfg is not None else None
