@@ -174,15 +174,20 @@ def smaps_breakdown(pid: int) -> dict[str, int]:
     return out
 
 
+def fdinfos(pid: int | str) -> Iterator[str]:
+    """The text of /proc/<pid>/fdinfo/<fd> for each open fd of a process."""
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError):
+            yield Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+
+
 def bpf_map_memlock(pid: int) -> int:
     """Bytes of kernel memory charged to the BPF maps this process holds."""
     total = 0
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        with contextlib.suppress(OSError):
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-            if "map_type:" in text:
-                m = re.search(r"memlock:\s*(\d+)", text)
-                total += int(m.group(1)) if m else 0
+    for text in fdinfos(pid):
+        if "map_type:" in text:
+            m = re.search(r"memlock:\s*(\d+)", text)
+            total += int(m.group(1)) if m else 0
     return total
 
 
@@ -245,14 +250,10 @@ def foreign_cpu_seconds() -> dict[int, float]:
 def own_prog_ids() -> set[int]:
     """Ids of the BPF programs this process holds fds of (from /proc/self/fdinfo): an
     agent being loaded in this process is ours before its start() returns."""
-    ids: set[int] = set()
-    base = "/proc/self/fdinfo"
-    for fd in os.listdir(base):
-        with contextlib.suppress(OSError), open(f"{base}/{fd}") as f:
-            for line in f:
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-    return ids
+    return {int(m.group(1)) for text in fdinfos("self") if (m := _PROG_ID.search(text))}
+
+
+_PROG_ID = re.compile(r"^prog_id:\s*(\d+)", re.M)
 
 
 class Interference:

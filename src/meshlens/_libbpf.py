@@ -280,6 +280,13 @@ class Program:
         return ProgStats(run_time_ns=info.run_time_ns, run_cnt=info.run_cnt)
 
 
+def _batch_buffers(ks: int, vs: int, n: int) -> tuple[Any, Any, memoryview, memoryview]:
+    """Key and value buffers for a batch of n entries, with byte views of both."""
+    keys = _c.create_string_buffer(ks * n)
+    vals = _c.create_string_buffer(vs * n)
+    return keys, vals, memoryview(keys).cast("B"), memoryview(vals).cast("B")
+
+
 class Map:
     def __init__(self, ptr: int) -> None:
         self._ptr = ptr
@@ -357,11 +364,8 @@ class Map:
         By default a batch holds what the last read found, plus room to grow
         (zeroing a 4096-entry buffer per small map was most of an idle refresh)."""
         ks, vs = self.key_size, self._value_buf_size()
-        if chunk is None:
-            chunk = self._batch_hint
-        keys = _c.create_string_buffer(ks * chunk)
-        vals = _c.create_string_buffer(vs * chunk)
-        kview, vview = memoryview(keys).cast("B"), memoryview(vals).cast("B")
+        chunk = chunk or self._batch_hint
+        keys, vals, kview, vview = _batch_buffers(ks, vs, chunk)
         token_in = _c.create_string_buffer(max(ks, 8))
         token_out = _c.create_string_buffer(max(ks, 8))
         out_k = bytearray()
@@ -377,9 +381,7 @@ class Map:
             if err == errno.ENOSPC and count.value == 0 and chunk < 1 << 20:
                 # one hash bucket holds more entries than a batch: a bigger one
                 chunk *= 4
-                keys = _c.create_string_buffer(ks * chunk)
-                vals = _c.create_string_buffer(vs * chunk)
-                kview, vview = memoryview(keys).cast("B"), memoryview(vals).cast("B")
+                keys, vals, kview, vview = _batch_buffers(ks, vs, chunk)
                 continue
             if ret and err not in (errno.ENOENT,):
                 if err == errno.EINVAL and first:

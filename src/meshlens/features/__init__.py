@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from ..probes.base import Probe
 
@@ -105,3 +105,12 @@ def features() -> list[type[Feature]]:
 
 def trace_tools() -> dict[str, type[TraceTool]]:
     return {t.name: t for t in _subclasses(TraceTool)}
+
+
+def kernel_events(feature: str, doc: str, counts: Iterable[tuple[str, int]]) -> CounterMetricFamily:
+    """A feature's probe bookkeeping, one counter per event:
+    meshlens_<feature>_kernel_events_total{event}."""
+    fam = CounterMetricFamily(f"meshlens_{feature}_kernel_events", doc, labels=("event",))
+    for label, n in counts:
+        fam.add_metric([label], n)
+    return fam

@@ -37,7 +37,7 @@ from .. import dnsmsg
 from ..accounting import UNKNOWN, Namer, Sock, ip_text, service_name
 from ..probes import dns as probe
 from ..ringwait import RingWait
-from . import Feature, TraceTool
+from . import Feature, TraceTool, kernel_events
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -678,13 +678,7 @@ class DnsFeature(Feature):
         unmatched.add_metric(["no_query"], s.get(probe.Stat.UNMATCHED, 0))
         unmatched.add_metric(["question_mismatch"], s.get(probe.Stat.MISMATCH, 0))
         yield unmatched
-        kernel = CounterMetricFamily(
-            "meshlens_dns_kernel_events",
-            "DNS probe bookkeeping: queries tracked, responses matched, timeouts, retries "
-            "of a pending query, TCP segments skipped, records lost, entries not created.",
-            labels=("event",),
-        )
-        for stat, label in (
+        events = (
             (probe.Stat.QUERIES, "query"),
             (probe.Stat.RESPONSES, "response"),
             (probe.Stat.TIMEOUTS, "timeout"),
@@ -694,10 +688,13 @@ class DnsFeature(Feature):
             (probe.Stat.EVENTS_LOST, "record_lost"),
             (probe.Stat.PENDING_FULL, "pending_map_full"),
             (probe.Stat.AGG_FULL, "aggregate_map_full"),
-        ):
-            kernel.add_metric([label], s.get(stat, 0))
-        kernel.add_metric(["response_partial"], partial)
-        yield kernel
+        )
+        yield kernel_events(
+            "dns",
+            "DNS probe bookkeeping: queries tracked, responses matched, timeouts, retries "
+            "of a pending query, TCP segments skipped, records lost, entries not created.",
+            [*((label, s.get(stat, 0)) for stat, label in events), ("response_partial", partial)],
+        )
         pending = GaugeMetricFamily("meshlens_dns_pending", "DNS queries awaiting an answer.")
         live = s.get(probe.Stat.LIVE, 0)
         pending.add_metric([], live - (1 << 64) if live >= 1 << 63 else live)

@@ -28,7 +28,7 @@ from .. import httpmsg
 from ..exporter import ISTIO_LABELS, istio_labels
 from ..probes import http as probe
 from ..stream import stream
-from . import Feature, TraceTool
+from . import Feature, TraceTool, kernel_events
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -152,13 +152,7 @@ class HttpFeature(Feature):
         for stat, reason in probe.UNPARSED.items():
             unparsed.add_metric([reason], st.get(stat, 0))
         yield unparsed
-        events = CounterMetricFamily(
-            "meshlens_http_kernel_events",
-            "HTTP probe bookkeeping: entries not created because a map was full, "
-            'trace samples sent and lost, requests counted under route="other".',
-            labels=("event",),
-        )
-        for stat, label in (
+        events = (
             (probe.Stat.CONNS_FULL, "connections_map_full"),
             (probe.Stat.EDGES_FULL, "edges_map_full"),
             (probe.Stat.AGGS_FULL, "aggregates_map_full"),
@@ -166,9 +160,13 @@ class HttpFeature(Feature):
             (probe.Stat.ROUTES_FULL, "route_other"),
             (probe.Stat.SAMPLES, "sample"),
             (probe.Stat.SAMPLES_LOST, "sample_lost"),
-        ):
-            events.add_metric([label], st.get(stat, 0))
-        yield events
+        )
+        yield kernel_events(
+            "http",
+            "HTTP probe bookkeeping: entries not created because a map was full, "
+            'trace samples sent and lost, requests counted under route="other".',
+            ((label, st.get(stat, 0)) for stat, label in events),
+        )
         live = GaugeMetricFamily(
             "meshlens_http_connections", "Connections whose HTTP messages are being followed."
         )

@@ -90,13 +90,15 @@ class Probe:
         """cgroup_skb programs join the chain; other cgroup programs attach to the
         cgroup-v2 root; the rest by section name."""
         assert self.obj
+        root = None
         for prog in self.obj.programs.values():
             if not prog.autoload:
                 continue
             if self.membership and prog.section.startswith("cgroup_skb/"):
                 continue
             if prog.section.startswith("cgroup"):
-                self.obj.links.append(prog.attach_cgroup(cgroup2_root()))
+                root = root or cgroup2_root()
+                self.obj.links.append(prog.attach_cgroup(root))
             else:
                 self.obj.links.append(prog.attach())
         if self.membership:
