@@ -1,21 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
-/* UDP flow accounting per socket and peer, from cgroup_skb on the cgroup-v2
- * root: every datagram a local socket sends or receives, with both addresses,
- * which the socket-level tracepoints cannot give for unconnected sockets.
+/* UDP flow accounting per socket and peer, at the socket layer: bytes and
+ * datagrams from the sock_send_length / sock_recv_length raw tracepoints (what
+ * the application wrote and read, in its own context), the peer of an
+ * unconnected socket from the cgroup sendmsg/recvmsg hooks, which the kernel
+ * runs for UDP alone. No per-packet program: TCP never pays for UDP accounting.
  *
  * The kernel owns each entry: it creates it on the first datagram and a
- * bpf_timer deletes it after idle_ns without traffic, submitting a final
+ * sweeper timer deletes it after idle_ns without traffic, submitting a final
  * record first. An adder racing with expiry gives back what it added as a late
  * record, so every datagram is reported exactly once. */
 #include "meshlens.bpf.h"
 #include "udpflow.h"
-#include "skbchain.h"
 
 #define CLOCK_MONOTONIC 1
-#define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
-#define ETH_P_IPV6_BE 0xDD86 /* htons(0x86DD) */
 
 const volatile __u64 idle_ns = 30ULL * 1000000000ULL;
+const volatile __u64 sweep_ns = 1000000000ULL;
 const volatile __u64 wakeup_bytes = 0;
 
 struct {
@@ -26,13 +26,31 @@ struct {
 	__type(value, struct udpflow_value);
 } udpflow_flows SEC(".maps");
 
-/* socket cookie -> sender, so a flow first seen on ingress gets its owner */
+/* thread id -> the peer its current sendto()/recvfrom() names; taken by the
+ * tracepoint that ends the call (one thread is in one system call at a time) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct udpflow_peer);
+} udpflow_peers SEC(".maps");
+
+/* socket inode -> the peer an unconnected socket last sent to: the sender of
+ * what it then reads with recv(), which does not say (the application assumes
+ * the same) */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
-	__type(value, struct udpflow_owner);
-} udpflow_owners SEC(".maps");
+	__type(value, struct udpflow_peer);
+} udpflow_last_peer SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct udpflow_sweeper);
+} udpflow_sweeper SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -59,7 +77,7 @@ static __always_inline void emit(const struct udpflow_key *k, const struct udpfl
 		stat_add(&udpflow_stats, UDPFLOW_STAT_BYTES_LOST, bs + br);
 		return;
 	}
-	e->cookie = k->cookie;
+	e->ino = k->ino;
 	__builtin_memcpy(e->laddr, k->laddr, 16);
 	__builtin_memcpy(e->raddr, k->raddr, 16);
 	e->lport = k->lport;
@@ -85,15 +103,19 @@ static __always_inline void emit(const struct udpflow_key *k, const struct udpfl
 /* Take the counters out of a flow, atomically with respect to adders. */
 #define TAKE(v, f) __sync_lock_test_and_set(&(v)->f, 0)
 
-static int expire_cb(void *map, struct udpflow_key *k, struct udpflow_value *v)
+/* Idle = no datagram since the sweep that last saw the counters move: the
+ * adders never read a clock. */
+static int expire_cb(void *map, struct udpflow_key *k, struct udpflow_value *v, __u64 *now)
 {
-	__u64 now = bpf_ktime_get_ns();
-	__u64 last = v->last_ns;
+	__u64 seen = v->datagrams_sent + v->datagrams_received;
 
-	if (now - last < idle_ns) {
-		bpf_timer_start(&v->timer, idle_ns - (now - last), 0);
+	if (seen != v->seen) {
+		v->seen = seen;
+		v->quiet_ns = *now;
 		return 0;
 	}
+	if (*now - v->quiet_ns < idle_ns)
+		return 0;
 	v->closing = 1;
 	emit(k, v, UDPFLOW_EV_EXPIRE, TAKE(v, bytes_sent), TAKE(v, bytes_received),
 	     TAKE(v, datagrams_sent), TAKE(v, datagrams_received));
@@ -102,72 +124,60 @@ static int expire_cb(void *map, struct udpflow_key *k, struct udpflow_value *v)
 	return 0;
 }
 
-/* Set the expiry timer; under memory pressure bpf_timer_init fails and the
- * next datagram of the flow tries again, so no flow stays forever. */
-static __always_inline void arm(struct udpflow_value *v)
+/* Every sweep_ns: expire the flows idle for idle_ns (so a flow goes between
+ * idle_ns and idle_ns + 2 sweep_ns after its last datagram). */
+static int sweep(void *map, __u32 *key, struct udpflow_sweeper *s)
 {
-	long err = bpf_timer_init(&v->timer, &udpflow_flows, CLOCK_MONOTONIC);
+	__u64 now = bpf_ktime_get_ns();
 
-	if (err && err != -16 /* EBUSY: initialised by an earlier try */)
-		return;
-	if (bpf_timer_set_callback(&v->timer, expire_cb) || bpf_timer_start(&v->timer, idle_ns, 0))
-		return;
-	v->armed = 1;
+	bpf_for_each_map_elem(&udpflow_flows, expire_cb, &now, 0);
+	bpf_timer_start(&s->timer, sweep_ns, 0);
+	return 0;
 }
 
-static __always_inline void owner_from_current(struct udpflow_owner *o)
+/* Run once by the loader (BPF_PROG_RUN) right after load. */
+SEC("syscall")
+int udpflow_start_sweeper(void *ctx)
+{
+	__u32 zero = 0;
+	struct udpflow_sweeper *s = bpf_map_lookup_elem(&udpflow_sweeper, &zero);
+
+	if (!s)
+		return 1;
+	if (bpf_timer_init(&s->timer, &udpflow_sweeper, CLOCK_MONOTONIC))
+		return 2;
+	if (bpf_timer_set_callback(&s->timer, sweep))
+		return 3;
+	if (bpf_timer_start(&s->timer, sweep_ns, 0))
+		return 4;
+	return 0;
+}
+
+static __always_inline void owner_from_current(struct udpflow_value *v)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
-	o->tgid = id >> 32;
-	o->pid = (__u32)id;
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	o->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-	bpf_get_current_comm(o->comm, UDPFLOW_COMM_LEN);
+	v->tgid = id >> 32;
+	v->pid = (__u32)id;
+	v->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(v->comm, UDPFLOW_COMM_LEN);
 }
 
-static __always_inline struct udpflow_value *flow_get(struct __sk_buff *skb,
-						      const struct udpflow_key *k, bool egress)
+static __always_inline struct udpflow_value *flow_get(const struct sock *sk,
+						      const struct udpflow_key *k, bool send)
 {
 	struct udpflow_value *v = bpf_map_lookup_elem(&udpflow_flows, k);
 	struct udpflow_value init = {};
-	struct udpflow_owner *o, cur;
 	long err;
 
-	if (v) {
-		if (egress && !v->tgid) {
-			/* first seen on receive (a server): its reply names the owner */
-			owner_from_current(&cur);
-			v->netns = cur.netns;
-			v->cgroup_id = cur.cgroup_id;
-			v->pid = cur.pid;
-			__builtin_memcpy(v->comm, cur.comm, UDPFLOW_COMM_LEN);
-			v->tgid = cur.tgid;
-			bpf_map_update_elem(&udpflow_owners, &k->cookie, &cur, BPF_ANY);
-		}
+	if (v)
 		return v;
-	}
-	if (egress) {
-		/* UDP is sent in the sender's own context */
-		owner_from_current(&cur);
-		bpf_map_update_elem(&udpflow_owners, &k->cookie, &cur, BPF_ANY);
-		o = &cur;
-	} else {
-		o = bpf_map_lookup_elem(&udpflow_owners, &k->cookie);
-	}
-	if (o) {
-		init.netns = o->netns;
-		init.cgroup_id = o->cgroup_id;
-		init.tgid = o->tgid;
-		init.pid = o->pid;
-		__builtin_memcpy(init.comm, o->comm, UDPFLOW_COMM_LEN);
-	} else {
-		init.cgroup_id = bpf_skb_cgroup_id(skb);
-	}
+	/* process context: the thread that sends or reads owns the socket */
+	owner_from_current(&init);
+	init.netns = sock_netns(sk);
 	init.start_ns = bpf_ktime_get_ns();
-	init.last_ns = init.start_ns;
-	init.dir = egress ? UDPFLOW_DIR_SOURCE : UDPFLOW_DIR_DESTINATION;
+	init.quiet_ns = init.start_ns;
+	init.dir = send ? UDPFLOW_DIR_SOURCE : UDPFLOW_DIR_DESTINATION;
 	err = bpf_map_update_elem(&udpflow_flows, k, &init, BPF_NOEXIST);
 	v = bpf_map_lookup_elem(&udpflow_flows, k);
 	if (err) {
@@ -178,114 +188,196 @@ static __always_inline struct udpflow_value *flow_get(struct __sk_buff *skb,
 	if (!v)
 		return 0;
 	stat_add(&udpflow_stats, UDPFLOW_STAT_LIVE, 1);
-	arm(v);
 	return v;
 }
 
-/* Fill the key from the IP and UDP headers; returns the datagram's payload
- * bytes, -1 when unparsable, -2 for a later IP fragment. */
-static __always_inline long parse(struct __sk_buff *skb, struct udpflow_key *k, bool egress,
-				  __u32 *l4off_out)
+static __always_inline bool v4_mapped(const __u8 *a)
 {
-	struct udphdr uh;
-	__u32 l4off;
+	const __u32 *w = (const __u32 *)a;
 
-	if (skb->protocol == ETH_P_IP_BE) {
-		struct iphdr iph;
-
-		if (bpf_skb_load_bytes(skb, 0, &iph, sizeof(iph)))
-			return -1;
-		if (iph.protocol != IPPROTO_UDP)
-			return -1;
-		/* later fragments carry no UDP header; the first counted them all */
-		if (iph.frag_off & bpf_htons(0x1fff))
-			return -2;
-		l4off = iph.ihl * 4;
-		k->family = AF_INET;
-		__builtin_memcpy(egress ? k->laddr : k->raddr, &iph.saddr, 4);
-		__builtin_memcpy(egress ? k->raddr : k->laddr, &iph.daddr, 4);
-	} else if (skb->protocol == ETH_P_IPV6_BE) {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
-			return -1;
-		if (ip6.nexthdr != IPPROTO_UDP)
-			return -1; /* extension headers: counted as unparsed */
-		l4off = sizeof(ip6);
-		k->family = AF_INET6;
-		__builtin_memcpy(egress ? k->laddr : k->raddr, &ip6.saddr, 16);
-		__builtin_memcpy(egress ? k->raddr : k->laddr, &ip6.daddr, 16);
-	} else {
-		return -1;
-	}
-	if (bpf_skb_load_bytes(skb, l4off, &uh, sizeof(uh)))
-		return -1;
-	k->lport = bpf_ntohs(egress ? uh.source : uh.dest);
-	k->rport = bpf_ntohs(egress ? uh.dest : uh.source);
-	*l4off_out = l4off;
-	/* the UDP length covers the whole datagram even when IP fragments it */
-	return (long)bpf_ntohs(uh.len) - (long)sizeof(uh);
+	return !w[0] && !w[1] && w[2] == bpf_htonl(0xffff);
 }
 
-static __always_inline int handle(struct __sk_buff *skb, bool egress)
+/* An IPv4 peer of an IPv6 socket (::ffff:a.b.c.d) is counted as IPv4. */
+static __always_inline void unmap(struct udpflow_key *k)
 {
-	struct bpf_sock *sk = skb->sk;
+	if (k->family == AF_INET6 && v4_mapped(k->raddr)) {
+		__builtin_memcpy(k->raddr, k->raddr + 12, 4);
+		__builtin_memset(k->raddr + 4, 0, 12);
+		k->family = AF_INET;
+	}
+}
+
+/* The socket's inode number: unique among live sockets and not reused soon,
+ * unlike the struct sock's address (which the slab hands to the next socket). */
+static __always_inline __u64 sock_ino(const struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	struct socket_alloc *sa = container_of(sock, struct socket_alloc, socket);
+
+	return sock ? BPF_CORE_READ(sa, vfs_inode.i_ino) : 0;
+}
+
+static __always_inline void peer_to_key(struct udpflow_key *k, const struct udpflow_peer *p)
+{
+	k->family = p->family;
+	__builtin_memcpy(k->raddr, p->addr, 16);
+	k->rport = p->port;
+}
+
+/* The peer: the one this call's hook saw (sendto/recvfrom on any socket), else
+ * the connected one, else (recv() on an unconnected socket) the one it last
+ * sent to, else none. */
+static __always_inline void flow_key(const struct sock *sk, struct udpflow_key *k, bool send)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct udpflow_peer *p = bpf_map_lookup_elem(&udpflow_peers, &tid);
+	__u16 sk_family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	struct udpflow_peer *last;
+
+	k->ino = sock_ino(sk);
+	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->family = sk_family;
+	if (p && p->cookie && p->cookie == BPF_CORE_READ(sk, __sk_common.skc_cookie.counter)) {
+		p->cookie = 0;
+		peer_to_key(k, p);
+		if (send) {
+			last = bpf_map_lookup_elem(&udpflow_last_peer, &k->ino);
+			if (last)
+				*last = *p;
+			else
+				bpf_map_update_elem(&udpflow_last_peer, &k->ino, p, BPF_ANY);
+		}
+	} else if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_ESTABLISHED) {
+		if (sk_family == AF_INET)
+			BPF_CORE_READ_INTO((__u32 *)k->raddr, sk, __sk_common.skc_daddr);
+		else
+			bpf_core_read(k->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+		k->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	} else if (!send) {
+		last = bpf_map_lookup_elem(&udpflow_last_peer, &k->ino);
+		if (last) {
+			peer_to_key(k, last);
+			stat_add(&udpflow_stats, UDPFLOW_STAT_PEER_ASSUMED, 1);
+		}
+	}
+	unmap(k);
+	/* the bound address; a wildcard-bound socket (0.0.0.0, ::) keeps zeros:
+	 * which local address a datagram used is known only to the packet */
+	if (k->family == AF_INET)
+		BPF_CORE_READ_INTO((__u32 *)k->laddr, sk, __sk_common.skc_rcv_saddr);
+	else
+		bpf_core_read(k->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+}
+
+static __always_inline int account(const struct sock *sk, int ret, int flags, bool send)
+{
 	struct udpflow_key k = {};
 	struct udpflow_value *v;
-	__u32 l4off = 0;
-	__u64 segs;
-	long len;
+	__u64 segs = 1;
+	__u16 gso;
 
-	if (!sk)
-		return 1;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->protocol != IPPROTO_UDP)
-		return 1;
-	len = parse(skb, &k, egress, &l4off);
-	if (len == -2)
-		return 1;
-	if (len < 0) {
-		stat_add(&udpflow_stats, UDPFLOW_STAT_UNPARSED, 1);
-		return 1;
-	}
-	k.cookie = bpf_get_socket_cookie(skb);
-	v = flow_get(skb, &k, egress);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+		return 0;
+	flow_key(sk, &k, send); /* also takes this call's peer when it failed */
+	if (ret <= 0 || (!send && (flags & MSG_PEEK_FLAG)))
+		return 0;
+	if (!k.rport)
+		stat_add(&udpflow_stats, UDPFLOW_STAT_NO_PEER, 1);
+	v = flow_get(sk, &k, send);
 	if (!v)
-		return 1;
-	segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
-	if (segs > 1) /* one UDP header for the whole GSO train */
-		len = (long)skb->len - (long)l4off - (long)sizeof(struct udphdr);
-	/* per datagram: the coarse clock (a jiffy behind at most) is plenty for
-	 * idle expiry and costs a fraction of the precise one */
-	v->last_ns = bpf_ktime_get_coarse_ns();
-	if (!v->armed)
-		arm(v);
-	if (egress) {
-		__sync_fetch_and_add(&v->bytes_sent, len);
+		return 0;
+	if (send) {
+		/* UDP_SEGMENT set on the socket: one send, many datagrams */
+		gso = BPF_CORE_READ((struct udp_sock *)sk, gso_size);
+		if (gso && ret > gso)
+			segs = ((__u64)ret + gso - 1) / gso;
+	}
+	if (send) {
+		__sync_fetch_and_add(&v->bytes_sent, ret);
 		__sync_fetch_and_add(&v->datagrams_sent, segs);
 	} else {
-		__sync_fetch_and_add(&v->bytes_received, len);
-		__sync_fetch_and_add(&v->datagrams_received, segs);
+		__sync_fetch_and_add(&v->bytes_received, ret);
+		__sync_fetch_and_add(&v->datagrams_received, 1);
 	}
 	if (v->closing)
 		emit(&k, v, UDPFLOW_EV_LATE, TAKE(v, bytes_sent), TAKE(v, bytes_received),
 		     TAKE(v, datagrams_sent), TAKE(v, datagrams_received));
+	return 0;
+}
+
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(udpflow_send, struct sock *sk, int ret, int flags)
+{
+	return account(sk, ret, flags, true);
+}
+
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(udpflow_recv, struct sock *sk, int ret, int flags)
+{
+	return account(sk, ret, flags, false);
+}
+
+/* sendto()/sendmsg() with an address (the hook runs for unconnected sends
+ * only) and recvfrom()/recvmsg() asking for the sender: keep the peer for this
+ * thread's tracepoint. Ports are in network order in user_port. */
+static __always_inline void keep_peer(struct bpf_sock_addr *ctx, bool v6)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct udpflow_peer *p = bpf_map_lookup_elem(&udpflow_peers, &tid);
+	struct udpflow_peer fresh = {};
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return;
+	if (!p) {
+		if (bpf_map_update_elem(&udpflow_peers, &tid, &fresh, BPF_ANY))
+			return;
+		p = bpf_map_lookup_elem(&udpflow_peers, &tid);
+		if (!p)
+			return;
+	}
+	p->port = bpf_ntohs((__u16)ctx->user_port);
+	if (v6) {
+		__u32 *a = (__u32 *)p->addr;
+
+		p->family = AF_INET6;
+		a[0] = ctx->user_ip6[0];
+		a[1] = ctx->user_ip6[1];
+		a[2] = ctx->user_ip6[2];
+		a[3] = ctx->user_ip6[3];
+	} else {
+		p->family = AF_INET;
+		*(__u32 *)p->addr = ctx->user_ip4;
+		__builtin_memset(p->addr + 4, 0, 12);
+	}
+	p->cookie = bpf_get_socket_cookie(ctx); /* the socket gets one if it had none */
+}
+
+SEC("cgroup/sendmsg4")
+int udpflow_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	keep_peer(ctx, false);
 	return 1;
 }
 
-SEC("cgroup_skb/egress")
-int udpflow_egress(struct __sk_buff *skb)
+SEC("cgroup/sendmsg6")
+int udpflow_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	handle(skb, true);
-	SKBCHAIN_NEXT_EGRESS(skb);
+	keep_peer(ctx, true);
 	return 1;
 }
 
-SEC("cgroup_skb/ingress")
-int udpflow_ingress(struct __sk_buff *skb)
+SEC("cgroup/recvmsg4")
+int udpflow_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	handle(skb, false);
-	SKBCHAIN_NEXT_INGRESS(skb);
+	keep_peer(ctx, false);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int udpflow_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	keep_peer(ctx, true);
 	return 1;
 }
 

@@ -85,6 +85,31 @@ _prog_set_autoload = _fn("bpf_program__set_autoload", _c.c_int, _vp, _c.c_bool)
 _prog_attach = _fn("bpf_program__attach", _vp, _vp)
 _prog_attach_cgroup = _fn("bpf_program__attach_cgroup", _vp, _vp, _c.c_int)
 _link_destroy = _fn("bpf_link__destroy", _c.c_int, _vp)
+
+
+class _TestRunOpts(_c.Structure):
+    """struct bpf_test_run_opts (libbpf bpf.h)."""
+
+    _fields_ = [
+        ("sz", _c.c_size_t),
+        ("data_in", _vp),
+        ("data_out", _vp),
+        ("data_size_in", _c.c_uint32),
+        ("data_size_out", _c.c_uint32),
+        ("ctx_in", _vp),
+        ("ctx_out", _vp),
+        ("ctx_size_in", _c.c_uint32),
+        ("ctx_size_out", _c.c_uint32),
+        ("retval", _c.c_uint32),
+        ("repeat", _c.c_int),
+        ("duration", _c.c_uint32),
+        ("flags", _c.c_uint32),
+        ("cpu", _c.c_uint32),
+        ("batch_size", _c.c_uint32),
+    ]
+
+
+_test_run = _fn("bpf_prog_test_run_opts", _c.c_int, _c.c_int, _c.POINTER(_TestRunOpts))
 _lookup_elem = _fn("bpf_map_lookup_elem", _c.c_int, _c.c_int, _vp, _vp)
 _update_elem = _fn("bpf_map_update_elem", _c.c_int, _c.c_int, _vp, _vp, _c.c_uint64)
 _delete_elem = _fn("bpf_map_delete_elem", _c.c_int, _c.c_int, _vp)
@@ -258,6 +283,15 @@ class Program:
         if not ptr:
             raise LibbpfError(_errno(), f"attach {self.name} ({self.section})", libbpf_log_tail(5))
         return Link(ptr, self.name, self.section)
+
+    def run(self) -> int:
+        """Run a loaded program once without input (BPF_PROG_RUN; e.g. a
+        "syscall" program that starts a timer); its return value."""
+        opts = _TestRunOpts(sz=_c.sizeof(_TestRunOpts))
+        ret = _test_run(self.fd, _c.byref(opts))
+        if ret:
+            raise LibbpfError(_errno(ret), f"run {self.name}")
+        return int(opts.retval)
 
     def attach_cgroup(self, cgroup_path: str) -> Link:
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)

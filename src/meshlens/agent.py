@@ -524,7 +524,7 @@ def _udp_sock(k: np.void, v: np.void) -> Sock:
 
 def _udp_id(k: np.void) -> tuple[int, bytes, bytes, int, int]:
     return (
-        int(k["cookie"]),
+        int(k["ino"]),
         bytes(k["laddr"]),
         bytes(k["raddr"]),
         int(k["lport"]),

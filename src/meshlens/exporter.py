@@ -259,10 +259,10 @@ def self_families(a: Agent) -> Iterator[Metric]:
     records = CounterMetricFamily(
         "meshlens_ring_records", "Ring buffer records read.", labels=["probe"]
     )
-    unparsed = CounterMetricFamily(
-        "meshlens_unparsed_packets",
-        "Packets of tracked sockets that could not be parsed.",
-        labels=["probe"],
+    no_peer = CounterMetricFamily(
+        "meshlens_udp_unknown_peer_datagrams",
+        "Datagrams read by recv()/read() on an unconnected UDP socket, which does not "
+        "name the sender: counted, with peer 0.0.0.0:0 or [::]:0.",
     )
     if a.tcp:
         s = a.tcp.stats()
@@ -284,10 +284,10 @@ def self_families(a: Agent) -> Iterator[Metric]:
         capacity.add_metric(
             ["udpflow", udpflow.FLOWS_MAP], a.udp.map(udpflow.FLOWS_MAP).max_entries
         )
-        unparsed.add_metric(["udpflow"], u[udpflow.Stat.UNPARSED])
+        no_peer.add_metric([], u[udpflow.Stat.NO_PEER])
     for probe, n in a.self_stats.records.items():
         records.add_metric([probe], n)
-    yield from (lost, lost_bytes, full, entries, capacity, late, records, unparsed)
+    yield from (lost, lost_bytes, full, entries, capacity, late, records, no_peer)
 
     run_time = CounterMetricFamily(
         "meshlens_bpf_program_run_seconds",

@@ -30,7 +30,7 @@ SERVING = re.compile(
     rb"serving http://127\.0\.0\.1:(\d+)/metrics \(probes: ([a-z0-9_, ]+); "
     rb"attached in ([0-9.]+) s\)"
 )
-# tcpflow_send/_recv/_state and udpflow_egress/_ingress at least
+# tcpflow_send/_recv/_state and udpflow_send/_recv at least
 MIN_PROGRAMS = 5
 
 

@@ -4,6 +4,7 @@ and survives the kernel's idle expiry without losing or double counting."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from meshlens.accounting import Edge, Totals, ip_text
 from meshlens.agent import Agent
 from meshlens.lab import Lab
 from meshlens.loadgen import stop_server
+from meshlens.probes import udpflow
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -138,7 +140,9 @@ def flows_on_port(agent: Agent, port: int, addrs: set[str]) -> list[dict[str, An
 
 def test_udp_idle_expiry_keeps_every_byte(make_agent: Any, lab: Lab) -> None:
     agent = make_agent(udp_idle_seconds=1.0)
-    addrs = {h.addr for h in lab.hosts}
+    # the client's socket is unconnected and unbound: its local address is the
+    # wildcard (what ss shows too)
+    addrs = {h.addr for h in lab.hosts} | {"0.0.0.0"}
     port, want = exchange(lab)
     agent.refresh(force=True)  # the source side is bound from the live entries
     live = flows_on_port(agent, port, addrs)
@@ -187,3 +191,94 @@ def test_udp_server_socket_gets_its_owner(agent: Agent) -> None:
 
         edges = wait_for(named, 3.0, 0.2)
         assert [e.destination_workload for e in edges] == [host.name]
+
+
+def test_udp_wildcard_bound_server_named_for_both_reporters(agent: Agent, lab: Lab) -> None:
+    """A server bound to 0.0.0.0 (as most are): its socket knows no local address,
+    yet both ends are named and the service is the server's workload:port."""
+    client, server = lab.hosts
+    assert server.addr
+    proc, port = start_server(server, "udp", "0.0.0.0", "--reply-bytes", str(REPLY))
+    cli = run_client(
+        client, "udp", server.addr, port, "--datagrams", str(N), "--datagram-bytes", str(SIZE),
+        "--expect-reply-bytes", str(REPLY),
+    )  # fmt: skip
+    srv = stop_server(proc)
+    assert cli["failed"] == 0 and srv["datagrams_received"] == N
+    want = {
+        "request_bytes": N * SIZE,
+        "response_bytes": N * REPLY,
+        "request_calls": N,
+        "response_calls": N,
+    }
+    got = both_reporters(agent, lab, want, timeout=10.0)
+    assert {e.destination_service for e, _ in got.values()} == {f"{server.name}:{port}"}
+
+
+def _udp_pair() -> tuple[socket.socket, socket.socket]:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cli.bind(("127.0.0.1", 0))
+    return srv, cli
+
+
+def _flow(agent: Agent, lport: int, rport: int) -> dict[str, int] | None:
+    keys, vals = agent.udp.read_flows()  # type: ignore[union-attr]
+    for k, v in zip(keys, vals, strict=True):
+        if int(k["lport"]) == lport and int(k["rport"]) == rport:
+            return {f: int(v[f]) for f in ("bytes_sent", "bytes_received",
+                                           "datagrams_sent", "datagrams_received")}  # fmt: skip
+    return None
+
+
+def test_udp_recv_without_address_counted(agent: Agent) -> None:
+    """recv() on an unconnected socket does not say who sent: a socket that sent
+    first is taken to hear from that peer (as the application assumes); one that
+    never sent counts its bytes against peer 0.0.0.0:0, and says so."""
+    before = agent.udp.stats()  # type: ignore[union-attr]
+    srv, cli = _udp_pair()
+    with srv, cli:
+        sport, cport = srv.getsockname()[1], cli.getsockname()[1]
+        for _ in range(7):
+            cli.sendto(b"q" * 31, srv.getsockname())
+            assert len(srv.recv(100)) == 31  # never sent: no peer
+            srv.sendto(b"r" * 5, cli.getsockname())
+            assert len(cli.recv(100)) == 5  # sent to srv before: srv is the peer
+        assert _flow(agent, cport, sport) == {
+            "bytes_sent": 7 * 31, "bytes_received": 7 * 5,
+            "datagrams_sent": 7, "datagrams_received": 7,
+        }  # fmt: skip
+        assert _flow(agent, sport, 0) == {
+            "bytes_sent": 0, "bytes_received": 31,
+            "datagrams_sent": 0, "datagrams_received": 1,
+        }  # fmt: skip
+        assert _flow(agent, sport, cport) == {
+            "bytes_sent": 7 * 5, "bytes_received": 6 * 31,
+            "datagrams_sent": 7, "datagrams_received": 6,
+        }  # fmt: skip
+    after = agent.udp.stats()  # type: ignore[union-attr]
+    # other processes' traffic may add to these host-wide counters, never take away
+    assert after[udpflow.Stat.NO_PEER] - before[udpflow.Stat.NO_PEER] >= 1
+    assert after[udpflow.Stat.PEER_ASSUMED] - before[udpflow.Stat.PEER_ASSUMED] >= 13
+    samples = scrape(agent)
+    assert sample(samples, "meshlens_udp_unknown_peer_datagrams_total") >= 1
+
+
+UDP_SEGMENT = 103  # linux/udp.h
+
+
+def test_udp_gso_send_counts_every_datagram(agent: Agent) -> None:
+    """With UDP_SEGMENT set, one send() leaves as several datagrams: each counted."""
+    srv, cli = _udp_pair()
+    with srv, cli:
+        cli.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 1000)
+        cli.connect(srv.getsockname())
+        for _ in range(5):
+            assert cli.send(b"g" * 3500) == 3500  # 1000 + 1000 + 1000 + 500
+        got = [len(srv.recv(5000)) for _ in range(20)]
+        assert got == [1000, 1000, 1000, 500] * 5
+        sport, cport = srv.getsockname()[1], cli.getsockname()[1]
+        sent = _flow(agent, cport, sport)
+        assert sent is not None
+        assert (sent["datagrams_sent"], sent["bytes_sent"]) == (20, 5 * 3500)

@@ -88,11 +88,12 @@ class Probe:
 
     def attach(self) -> None:
         """cgroup_skb programs join the chain; other cgroup programs attach to the
-        cgroup-v2 root; the rest by section name."""
+        cgroup-v2 root; "syscall" programs are the loader's to run; the rest
+        attach by section name."""
         assert self.obj
         root = None
         for prog in self.obj.programs.values():
-            if not prog.autoload:
+            if not prog.autoload or prog.section == "syscall":
                 continue
             if self.membership and prog.section.startswith("cgroup_skb/"):
                 continue

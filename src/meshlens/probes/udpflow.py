@@ -1,5 +1,6 @@
-"""UDP flow accounting (bpf/udpflow.bpf.c): per socket and peer, from cgroup_skb
-on the cgroup-v2 root; idle flows expire in the kernel with a final record.
+"""UDP flow accounting (bpf/udpflow.bpf.c): per socket and peer, from the socket
+send/recv tracepoints and the cgroup sendmsg/recvmsg hooks (the peer of an
+unconnected socket); idle flows expire in the kernel with a final record.
 See docs/udpflow.md."""
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ import enum
 import numpy as np
 
 from ..layout import Layout, layout
-from .base import CgroupProbe
+from .base import Probe
 
 FLOWS_MAP = "udpflow_flows"
 EVENTS_MAP = "udpflow_events"
 STATS_MAP = "udpflow_stats"
+SWEEPER_START = "udpflow_start_sweeper"
 
 
 class Dir(enum.IntEnum):
@@ -30,12 +32,13 @@ class Stat(enum.IntEnum):
     FLOWS_FULL = 0
     EVENTS_LOST = 1
     BYTES_LOST = 2
-    UNPARSED = 3
+    NO_PEER = 3
     LIVE = 4
+    PEER_ASSUMED = 5
 
 
 _TUPLE = (
-    ("cookie", "u64"),
+    ("ino", "u64"),
     ("laddr", "u8[16]"),
     ("raddr", "u8[16]"),
     ("lport", "u16"),
@@ -53,27 +56,28 @@ KEY = layout("udpflow_key", *_TUPLE, ("__pad0", "u16"))
 
 VALUE = layout(
     "udpflow_value",
-    ("timer", "opaque[16]"),
     ("start_ns", "u64"),
-    ("last_ns", "u64"),
+    ("quiet_ns", "u64"),
+    ("seen", "u64"),
     *_COUNTERS,
     ("netns", "u64"),
     ("cgroup_id", "u64"),
     ("tgid", "u32"),
     ("pid", "u32"),
-    ("closing", "u16"),
-    ("armed", "u16"),
+    ("closing", "u32"),
     ("dir", "u32"),
     ("comm", "char[16]"),
 )
 
-OWNER = layout(
-    "udpflow_owner",
-    ("netns", "u64"),
-    ("cgroup_id", "u64"),
-    ("tgid", "u32"),
-    ("pid", "u32"),
-    ("comm", "char[16]"),
+SWEEPER = layout("udpflow_sweeper", ("timer", "opaque[16]"))
+
+PEER = layout(
+    "udpflow_peer",
+    ("cookie", "u64"),
+    ("addr", "u8[16]"),
+    ("port", "u16"),
+    ("family", "u16"),
+    ("__pad0", "u32"),
 )
 
 EVENT = layout(
@@ -93,9 +97,9 @@ EVENT = layout(
 )
 
 
-class UdpFlowProbe(CgroupProbe):
+class UdpFlowProbe(Probe):
     name = "udpflow"
-    layouts: tuple[Layout, ...] = (KEY, VALUE, OWNER, EVENT)
+    layouts: tuple[Layout, ...] = (KEY, VALUE, PEER, SWEEPER, EVENT)
 
     def __init__(
         self, max_flows: int = 65536, idle_seconds: float = 30.0, ringbuf_bytes: int = 512 << 10
@@ -110,7 +114,15 @@ class UdpFlowProbe(CgroupProbe):
         self.obj.maps[FLOWS_MAP].set_max_entries(self.max_flows)
         self.obj.maps[EVENTS_MAP].set_max_entries(self.ringbuf_bytes)
         self.set_global("idle_ns", int(self.idle_seconds * 1e9))
+        # a flow goes between idle and idle + 2 sweeps after its last datagram
+        self.set_global("sweep_ns", int(min(max(self.idle_seconds / 4, 0.01), 1.0) * 1e9))
         self.set_global("wakeup_bytes", self.ringbuf_bytes // 8)
+
+    def loaded(self) -> None:
+        assert self.obj
+        err = self.obj.programs[SWEEPER_START].run()
+        if err:
+            raise RuntimeError(f"udpflow: the expiry timer did not start (step {err})")
 
     def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
         keys, vals, n = self.map(FLOWS_MAP).lookup_batch()
