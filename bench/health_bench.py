@@ -5,7 +5,8 @@ Same run, three modes, interleaved (A B C A B C ...):
   core   - the agent with tcpflow/udpflow only (per-socket bytes and lifecycle;
            tcpflow's health hooks detached)
   health - the agent with everything: tcpflow's health hooks (retransmits,
-           resets, RTT on tcp_probe) and tcphealth (drops, listeners)
+           resets; the RTT histogram, sampled inside its send/recv programs)
+           and tcphealth (drops, listeners)
 Traffic: one bulk TCP transfer between two namespace hosts over veth, with
 nftables dropping 1% of the data segments at the receiver.
 
@@ -33,9 +34,9 @@ from meshlens.lab import Host, Lab
 
 # tcphealth_listen is a member of the cgroup_skb chain (docs/skbchain.md): the kernel
 # accounts its time to skbchain_ingress_run, with the other members', so the health
-# figure below leaves it out and "all BPF" has it.
+# figure below leaves it out and "all BPF" has it. The RTT histogram has no program of
+# its own (sampled inside tcpflow_send/tcpflow_recv): its cost, too, is only in "all BPF".
 HEALTH_PROGS = {
-    "tcpflow_rtt",
     "tcpflow_retransmit",
     "tcpflow_reset_sent",
     "tcpflow_reset_received",

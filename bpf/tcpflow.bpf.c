@@ -16,6 +16,7 @@
 /* Set from user space before load. */
 const volatile __u8 emit_opens = 0;    /* trace mode: report connect/accept */
 const volatile __u64 wakeup_bytes = 0; /* 0: wake per record (trace mode) */
+const volatile __u8 rtt_samples = 1;   /* 0: no RTT histogram (no health hooks) */
 
 /* Per-socket counters; BPF_F_NO_PREALLOC so a deleted element is freed after
  * an RCU grace period, never recycled under a concurrent adder. */
@@ -181,6 +182,30 @@ static __always_inline void emit_late(const struct sock *sk, const struct tcpflo
 	bpf_ringbuf_submit(e, ringbuf_flags(&tcpflow_events, wakeup_bytes));
 }
 
+/* The RTT histogram is sampled where we already run (each send/recv, and at
+ * close), not per segment: one sample when the smoothed RTT moved since the
+ * last one. Several moves between two calls give one sample, the latest. send
+ * and recv of one socket may race on two CPUs: the cmpxchg lets one of them
+ * count a given value. */
+static __always_inline void rtt_sample(const struct sock *sk, struct tcpflow_value *v)
+{
+	__u32 srtt, last, slot;
+
+	if (!rtt_samples)
+		return;
+	srtt = BPF_CORE_READ((const struct tcp_sock *)sk, srtt_us) >> 3;
+	last = v->srtt_us;
+	if (!srtt || srtt == last)
+		return;
+	if (__sync_val_compare_and_swap(&v->srtt_us, last, srtt) != last)
+		return;
+	slot = log2_u32(srtt);
+	if (slot >= TCPFLOW_RTT_SLOTS)
+		slot = TCPFLOW_RTT_SLOTS - 1;
+	__sync_fetch_and_add(&v->rtt_hist[slot], 1);
+	__sync_fetch_and_add(&v->rtt_sum_us, srtt);
+}
+
 static __always_inline int account(const struct sock *sk, int ret, int flags, bool send)
 {
 	struct tcpflow_value *v;
@@ -204,6 +229,7 @@ static __always_inline int account(const struct sock *sk, int ret, int flags, bo
 		/* accepted before its listener was seen: the reader owns it */
 		owner_from_current(&v->tgid, &v->pid, &v->cgroup_id, v->comm);
 	}
+	rtt_sample(sk, v);
 	if (send) {
 		__sync_fetch_and_add(&v->bytes_sent, ret);
 		__sync_fetch_and_add(&v->sends, 1);
@@ -310,6 +336,7 @@ static __always_inline void flow_close(const struct sock *sk, int oldstate)
 	if (oldstate == TCP_SYN_RECV || oldstate == TCP_CLOSE)
 		return;
 	if (v) {
+		rtt_sample(sk, v); /* a move after the last send/recv; copied below */
 		v->flags |= TCPFLOW_F_CLOSING;
 		sent = __sync_lock_test_and_set(&v->bytes_sent, 0);
 		received = __sync_lock_test_and_set(&v->bytes_received, 0);
@@ -430,30 +457,6 @@ int BPF_PROG(tcpflow_reset_received, struct sock *sk)
 	__sync_fetch_and_add(&v->resets_received, 1);
 	if (!v->lport) /* refused connect: the port is released before CLOSE */
 		read_sock_tuple(sk, v->family, v->laddr, v->raddr, &v->lport, &v->rport);
-	return 0;
-}
-
-/* tcp_probe fires for every segment an established socket receives; a
- * histogram sample is taken only when the smoothed RTT moved, i.e. once per
- * RTT measurement, not once per packet. */
-SEC("raw_tp/tcp_probe")
-int BPF_PROG(tcpflow_rtt, struct sock *sk, struct sk_buff *skb)
-{
-	__u64 key = (__u64)sk;
-	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
-	__u32 srtt, slot;
-
-	if (!v)
-		return 0;
-	srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
-	if (!srtt || srtt == v->srtt_us)
-		return 0;
-	v->srtt_us = srtt;
-	slot = log2_u32(srtt);
-	if (slot >= TCPFLOW_RTT_SLOTS)
-		slot = TCPFLOW_RTT_SLOTS - 1;
-	__sync_fetch_and_add(&v->rtt_hist[slot], 1);
-	__sync_fetch_and_add(&v->rtt_sum_us, srtt);
 	return 0;
 }
 

@@ -76,7 +76,7 @@ struct tcpflow_value {
 	__u32 resets_sent;
 	__u32 resets_received;
 	__u32 rst_reason; /* last enum sk_rst_reason sent */
-	__u32 srtt_us;    /* last smoothed RTT seen */
+	__u32 srtt_us;    /* smoothed RTT of the last sample */
 	__u64 rtt_sum_us; /* sum of the samples in rtt_hist */
 	__u32 rtt_hist[TCPFLOW_RTT_SLOTS];
 };

@@ -158,7 +158,6 @@ CHECKS: list[tuple[str, Callable[[], tuple[State, str]], bool]] = [
     ("raw_tp kfree_skb", _tracepoint("kfree_skb"), False),
     ("bpf run-time stats", _bpf_stats, False),
     ("kprobes (not used)", _kconfig("CONFIG_KPROBES", "meshlens uses tracepoints instead"), False),
-    ("raw_tp tcp_probe", _tracepoint("tcp_probe"), False),
     ("raw_tp tcp_send_reset", _tracepoint("tcp_send_reset"), False),
 ]
 

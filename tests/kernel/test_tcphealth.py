@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from kernel_helpers import wait_for
 
 from meshlens.agent import (
     HEALTH_RESETS_RECEIVED,
@@ -21,6 +26,7 @@ from meshlens.agent import (
 )
 from meshlens.features.tcphealth import TcpHealth
 from meshlens.lab import Host, Lab
+from meshlens.loadgen import read_json_line
 from meshlens.probes import tcpflow
 
 pytestmark = pytest.mark.kernel
@@ -250,17 +256,25 @@ def test_listen_overflows_equal_nstat(agent: Agent, lab: Lab) -> None:
     assert int(rows[0][1]["syns"]) >= 23
 
 
-def _ss_srtt_ms(host: Host, dport: int) -> float:
-    out = host.run("ss", "-tin", "dst", f":{dport}").stdout.decode()
-    m = re.search(r"\brtt:([\d.]+)/", out)
-    assert m, out
-    return float(m.group(1))
+def _ss_srtt_us(host: Host, *match: str) -> int:
+    """The kernel's smoothed RTT of the one socket `ss -ti <match>` lists, in us."""
+    out = host.run("ss", "-tinH", *match).stdout.decode()
+    found = re.findall(r"\brtt:([\d.]+)/", out)
+    assert len(found) == 1, out
+    return round(float(found[0]) * 1000)
 
 
-def test_rtt_matches_ss(agent: Agent, lab: Lab) -> None:
+def _slot(us: int) -> int:
+    """The rtt_hist slot of a sample (TCPFLOW_RTT_SLOTS log2 slots)."""
+    return min(max(us.bit_length() - 1, 0), tcpflow.RTT_SLOTS - 1)
+
+
+@contextmanager
+def _slow_link(lab: Lab, port: int, nbytes: int) -> Iterator[subprocess.Popen[Any]]:
+    """h1's egress shaped to 4 Mbit/s under a bulk transfer to h2:port, so every
+    h1 -> h2 packet waits in a queue of tens of ms (this kernel has no netem).
+    Yields the bulk client."""
     h1, h2 = lab.hosts
-    port = PORT + 4
-    # Shape h1's egress: a slow link, so the sender's RTT is tens of ms.
     h1.run("tc", "qdisc", "add", "dev", h1.ifname, "root", "tbf", "rate", "4mbit",
            "burst", "16kb", "latency", "60ms")  # fmt: skip
     srv = sink_server(h2, port)
@@ -268,27 +282,32 @@ def test_rtt_matches_ss(agent: Agent, lab: Lab) -> None:
         *h1.python(
             "-m", "meshlens.loadgen", "client", "--proto", "tcp", "--connect", h2.addr,
             "--port", str(port), "--connections", "1", "--concurrency", "1",
-            "--send-bytes", "3000017",
+            "--send-bytes", str(nbytes),
         ),
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
+        yield cl
+    finally:
+        for p in (cl, srv):
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_rtt_matches_ss(agent: Agent, lab: Lab) -> None:
+    h1, h2 = lab.hosts
+    port = PORT + 4
+    with _slow_link(lab, port, 3000017):
         time.sleep(2.5)
-        srtt_ss = _ss_srtt_ms(h1, port)
+        srtt_ss = _ss_srtt_us(h1, "dst", f":{port}") / 1000
         _, vals = agent.tcp.read_flows() if agent.tcp else ([], [])
-        ours = [
-            int(v["srtt_us"]) / 1000
-            for v in vals
-            if int(v["rport"]) == port and int(v["dir"]) == tcpflow.Dir.ACTIVE
-        ]
+        ours = [v for v in vals if int(v["rport"]) == port and int(v["dir"]) == tcpflow.Dir.ACTIVE]
         assert len(ours) == 1
         assert srtt_ss > 5, "shaping did not add delay"
-        assert abs(ours[0] - srtt_ss) <= 0.2 * srtt_ss
-    finally:
-        cl.kill()
-        cl.wait(timeout=10)
-        srv.kill()
-        srv.wait(timeout=10)
+        assert abs(int(ours[0]["srtt_us"]) / 1000 - srtt_ss) <= 0.2 * srtt_ss
+        # Sampled by the client's send() calls while the connection is open (close
+        # adds at most one more).
+        assert int(ours[0]["rtt_hist"].sum()) > 10
     t = edge_totals(agent, h1.name, h2.name)
     samples = int(t.health[HEALTH_RTT_HIST].sum())
     assert samples > 10
@@ -298,6 +317,171 @@ def test_rtt_matches_ss(agent: Agent, lab: Lab) -> None:
     assert t.health[HEALTH_RTT_HIST][slot] > 0
     mean_ms = int(t.health[HEALTH_RTT_SUM]) / samples / 1000
     assert 0.1 * srtt_ss < mean_ms < 10 * srtt_ss
+
+
+# Three connections h1 -> h2: "up" (h1 only sends, h2 only receives), "down" (h2 only
+# sends, h1 only receives), "idle" (no call at all). Each side says "done" once its
+# calls are over; the client closes on a line on stdin, the server at the FINs.
+_RTT_CALLS, _RTT_CHUNK = 20, 1000
+_RTT_PEER = """
+import json, socket, sys, threading, time
+role, addr, port, n, chunk = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+if role == "server":
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, port)); l.listen(8)
+    print(json.dumps({"ready": 1}), flush=True)
+    conns = [l.accept()[0] for _ in range(3)]
+    tx, rx = conns[1], conns[0]
+else:
+    conns = [socket.create_connection((addr, port)) for _ in range(3)]
+    print(json.dumps({"ports": [s.getsockname()[1] for s in conns]}), flush=True)
+    tx, rx = conns[0], conns[1]
+def drain():
+    got = 0
+    while got < n * chunk:
+        got += len(rx.recv(65536))
+t = threading.Thread(target=drain); t.start()
+for _ in range(n):
+    tx.sendall(b"x" * chunk); time.sleep(0.05)
+t.join()
+print(json.dumps({"done": 1}), flush=True)
+if role == "client":
+    sys.stdin.readline()
+for s in conns:
+    if role == "server":
+        s.recv(1)  # the client's FIN: 0 bytes, not a counted call
+    s.close()
+"""
+
+
+@dataclass
+class _RttConns:
+    server: subprocess.Popen[Any]
+    client: subprocess.Popen[Any]
+    port: int
+    ports: dict[str, int]  # connection name -> the client's port
+    inodes: tuple[int, int]  # netns of h1, h2
+
+    def socket_of(self, side: str, name: str) -> tuple[int, int, int]:
+        """(netns, lport, rport) of one socket: side "client" (h1) or "server" (h2)."""
+        cport = self.ports[name]
+        if side == "client":
+            return (self.inodes[0], cport, self.port)
+        return (self.inodes[1], self.port, cport)
+
+    def entries(self, agent: Agent) -> dict[tuple[str, str], Any]:
+        """(side, name) -> the live tcpflow entry."""
+        assert agent.tcp
+        _, vals = agent.tcp.read_flows()
+        by_sock = {(int(v["netns"]), int(v["lport"]), int(v["rport"])): v for v in vals}
+        return {
+            (side, name): by_sock[self.socket_of(side, name)]
+            for side in ("client", "server")
+            for name in self.ports
+            if self.socket_of(side, name) in by_sock
+        }
+
+    def close(self, agent: Agent) -> dict[tuple[str, str], Any]:
+        """Close all three; (side, name) -> the close record, collected over refreshes."""
+        assert self.client.stdin
+        self.client.stdin.write(b"\n")
+        self.client.stdin.flush()
+        self.client.wait(timeout=20)
+        self.server.wait(timeout=20)
+        want = {self.socket_of(side, name): (side, name) for side in ("client", "server")
+                for name in self.ports}  # fmt: skip
+        got: dict[tuple[str, str], Any] = {}
+
+        def collect() -> bool:
+            agent.refresh(force=True)
+            recs = agent.last_records.get("tcpflow", [])
+            for e in tcpflow.decode_events(recs) if recs else ():
+                key = (int(e["netns"]), int(e["lport"]), int(e["rport"]))
+                if int(e["type"]) == tcpflow.EventType.CLOSE and key in want:
+                    got[want[key]] = e
+            return len(got) == len(want)
+
+        assert wait_for(collect, 10.0, 0.1), sorted(got)
+        return got
+
+
+def _rtt_conns(lab: Lab, port: int) -> _RttConns:
+    h1, h2 = lab.hosts
+    args = (h2.addr, str(port), str(_RTT_CALLS), str(_RTT_CHUNK))
+    srv = h2.popen(*h2.python("-c", _RTT_PEER, "server", *args), stdout=subprocess.PIPE)
+    read_json_line(srv)
+    cl = h1.popen(
+        *h1.python("-c", _RTT_PEER, "client", *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    ports = read_json_line(cl)["ports"]
+    read_json_line(cl, timeout=30)
+    read_json_line(srv, timeout=30)
+    inodes = tuple(os.stat(f"/run/netns/{h.name}").st_ino for h in lab.hosts)
+    return _RttConns(srv, cl, port, dict(zip(("up", "down", "idle"), ports, strict=True)),
+                     (inodes[0], inodes[1]))  # fmt: skip
+
+
+# (side, connection) -> what the application did on that socket
+_SENDS_ONLY = (("client", "up"), ("server", "down"))
+_RECVS_ONLY = (("server", "up"), ("client", "down"))
+
+
+def test_rtt_sampled_by_send_only_and_recv_only_sockets_and_at_close(
+    agent: Agent, lab: Lab
+) -> None:
+    h1, h2 = lab.hosts
+    with _slow_link(lab, PORT + 5, 8000017):
+        time.sleep(1.5)  # the queue builds up
+        conns = _rtt_conns(lab, PORT + 6)
+        time.sleep(0.3)  # the last ACKs land: the kernel's srtt is settled
+        live = conns.entries(agent)
+        assert len(live) == 6, sorted(live)
+        ss = {
+            (side, name): _ss_srtt_us(h1, "src", f":{conns.ports[name]}")
+            if side == "client"
+            else _ss_srtt_us(h2, "dst", f":{conns.ports[name]}")
+            for side, name in live
+        }
+        # Data from h1 and ACKs of data to h1 wait in the queue; a handshake may not.
+        assert all(ss[sock] > 5000 for sock in _SENDS_ONLY), f"shaping added no delay: {ss}"
+        for sock in _SENDS_ONLY + _RECVS_ONLY:
+            v = live[sock]
+            calls = (int(v["sends"]), int(v["recvs"]) > 0)
+            assert calls == ((_RTT_CALLS, False) if sock in _SENDS_ONLY else (0, True)), sock
+            # Sampled by those calls alone, while open: the latest sample is the
+            # kernel's srtt give or take a factor 2, and it is in the histogram.
+            assert int(v["rtt_hist"].sum()) >= 1, sock
+            assert ss[sock] / 2 <= int(v["srtt_us"]) <= ss[sock] * 2, (sock, v["srtt_us"], ss)
+            assert int(v["rtt_hist"][_slot(int(v["srtt_us"]))]) >= 1, sock
+        for side in ("client", "server"):
+            v = live[(side, "idle")]
+            assert int(v["rtt_hist"].sum()) == 0 and int(v["srtt_us"]) == 0, "no call, no sample"
+        closed = conns.close(agent)
+    for sock, e in closed.items():
+        hist, final = e["rtt_hist"], int(e["srtt_us"])
+        # The record carries the histogram, and the RTT as it was at close (the FIN's
+        # ACK moved it) is in it.
+        assert int(hist[_slot(final)]) >= 1, (sock, final, hist)
+        if sock[1] == "idle":
+            # no send/recv ever: the one sample is the one taken at close
+            assert int(hist.sum()) == 1 and int(e["rtt_sum_us"]) == final, (sock, e)
+        else:
+            assert int(hist.sum()) >= int(live[sock]["rtt_hist"].sum()), sock
+            assert int(e["rtt_sum_us"]) >= int(live[sock]["rtt_sum_us"]), sock
+
+
+def test_no_rtt_samples_without_health_hooks(make_agent: Any, lab: Lab) -> None:
+    agent = make_agent(features=(), tcp_health=False)
+    conns = _rtt_conns(lab, PORT + 7)
+    live = conns.entries(agent)
+    assert len(live) == 6, sorted(live)
+    assert sum(int(v["sends"]) for v in live.values()) == 2 * _RTT_CALLS  # counted...
+    for sock, v in live.items():
+        assert int(v["rtt_hist"].sum()) == 0 and int(v["srtt_us"]) == 0, sock  # ...not sampled
+    for sock, e in conns.close(agent).items():
+        assert int(e["srtt_us"]) > 0 and int(e["rtt_hist"].sum()) == 0, sock
 
 
 def test_synbl_and_drop_traces_run(bpf_ready: None) -> None:

@@ -25,12 +25,13 @@ RETRANS_TYPES = 4
 RETRANS_NAMES = ("timeout", "fast", "syn", "other")  # enum tcpflow_retrans order
 
 
-# Per-socket network health; the rest of tcpflow is bytes and lifecycle.
+# Per-socket network health; the rest of tcpflow is bytes and lifecycle. The RTT
+# histogram has no program of its own (sampled in send/recv and at close): the
+# `rtt_samples` global turns it off with these.
 HEALTH_PROGRAMS = (
     "tcpflow_retransmit",
     "tcpflow_reset_sent",
     "tcpflow_reset_received",
-    "tcpflow_rtt",
 )
 
 
@@ -180,6 +181,7 @@ class TcpFlowProbe(Probe):
         self.obj.maps[FLOWS_MAP].set_max_entries(self.max_flows)
         self.obj.maps[EVENTS_MAP].set_max_entries(self.ringbuf_bytes)
         self.set_global("emit_opens", int(self.trace_opens))
+        self.set_global("rtt_samples", int(self.health))
         # A trace wants each record now; the agent wants few wake-ups.
         self.set_global("wakeup_bytes", 0 if self.wake_each else self.ringbuf_bytes // 8)
 
