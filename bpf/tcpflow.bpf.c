@@ -193,7 +193,8 @@ static __always_inline void rtt_sample(const struct sock *sk, struct tcpflow_val
 
 	if (!rtt_samples)
 		return;
-	srtt = BPF_CORE_READ((const struct tcp_sock *)sk, srtt_us) >> 3;
+	srtt = ((const struct tcp_sock *)bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock)))
+		       ->srtt_us >> 3;
 	last = v->srtt_us;
 	if (!srtt || srtt == last)
 		return;
@@ -208,17 +209,18 @@ static __always_inline void rtt_sample(const struct sock *sk, struct tcpflow_val
 
 static __always_inline int account(const struct sock *sk, int ret, int flags, bool send)
 {
+	const struct sock *s = SOCK_RO(sk);
 	struct tcpflow_value *v;
 	__u64 key = (__u64)sk;
 
-	if (ret <= 0 || !sk || (!send && (flags & MSG_PEEK_FLAG)))
+	if (ret <= 0 || !s || (!send && (flags & MSG_PEEK_FLAG)))
 		return 0;
-	/* Only TCP sockets have entries: a hit needs no protocol read. */
+	/* a plain load: cheaper than the map lookup a UDP socket would miss */
+	if (s->sk_protocol != IPPROTO_TCP)
+		return 0;
 	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
 	if (!v) {
-		if (!is_tcp(sk))
-			return 0;
-		if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
+		if (s->__sk_common.skc_state == TCP_CLOSE) {
 			emit_late(sk, 0, send ? ret : 0, send ? 0 : ret, send, !send, 0);
 			return 0;
 		}

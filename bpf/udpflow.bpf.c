@@ -210,12 +210,12 @@ static __always_inline void unmap(struct udpflow_key *k)
 
 /* The socket's inode number: unique among live sockets and not reused soon,
  * unlike the struct sock's address (which the slab hands to the next socket). */
-static __always_inline __u64 sock_ino(const struct sock *sk)
+static __always_inline __u64 sock_ino(const struct sock *s)
 {
-	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
-	struct socket_alloc *sa = container_of(sock, struct socket_alloc, socket);
+	const struct socket_alloc *sa =
+		bpf_rdonly_cast(s->sk_socket, bpf_core_type_id_kernel(struct socket_alloc));
 
-	return sock ? BPF_CORE_READ(sa, vfs_inode.i_ino) : 0;
+	return sa ? sa->vfs_inode.i_ino : 0;
 }
 
 static __always_inline void peer_to_key(struct udpflow_key *k, const struct udpflow_peer *p)
@@ -227,18 +227,22 @@ static __always_inline void peer_to_key(struct udpflow_key *k, const struct udpf
 
 /* The peer: the one this call's hook saw (sendto/recvfrom on any socket), else
  * the connected one, else (recv() on an unconnected socket) the one it last
- * sent to, else none. */
-static __always_inline void flow_key(const struct sock *sk, struct udpflow_key *k, bool send)
+ * sent to, else none. `s` is a read-only BTF pointer: plain loads. */
+static __always_inline void flow_key(const struct sock *s, struct udpflow_key *k, bool send)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct udpflow_peer *p = bpf_map_lookup_elem(&udpflow_peers, &tid);
-	__u16 sk_family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	struct udpflow_peer *last;
+	__u64 cookie = s->__sk_common.skc_cookie.counter;
+	__u16 sk_family = s->__sk_common.skc_family;
+	struct udpflow_peer *p = 0, *last;
+	__u32 tid;
 
-	k->ino = sock_ino(sk);
-	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->ino = sock_ino(s);
+	k->lport = s->__sk_common.skc_num;
 	k->family = sk_family;
-	if (p && p->cookie && p->cookie == BPF_CORE_READ(sk, __sk_common.skc_cookie.counter)) {
+	if (cookie) { /* a hook gives the socket a cookie: without one, none ran */
+		tid = (__u32)bpf_get_current_pid_tgid();
+		p = bpf_map_lookup_elem(&udpflow_peers, &tid);
+	}
+	if (p && p->cookie == cookie) {
 		p->cookie = 0;
 		peer_to_key(k, p);
 		if (send) {
@@ -248,12 +252,12 @@ static __always_inline void flow_key(const struct sock *sk, struct udpflow_key *
 			else
 				bpf_map_update_elem(&udpflow_last_peer, &k->ino, p, BPF_ANY);
 		}
-	} else if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_ESTABLISHED) {
+	} else if (s->__sk_common.skc_state == TCP_ESTABLISHED) {
 		if (sk_family == AF_INET)
-			BPF_CORE_READ_INTO((__u32 *)k->raddr, sk, __sk_common.skc_daddr);
+			*(__u32 *)k->raddr = s->__sk_common.skc_daddr;
 		else
-			bpf_core_read(k->raddr, 16, &sk->__sk_common.skc_v6_daddr);
-		k->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+			__builtin_memcpy(k->raddr, &s->__sk_common.skc_v6_daddr, 16);
+		k->rport = bpf_ntohs(s->__sk_common.skc_dport);
 	} else if (!send) {
 		last = bpf_map_lookup_elem(&udpflow_last_peer, &k->ino);
 		if (last) {
@@ -265,21 +269,23 @@ static __always_inline void flow_key(const struct sock *sk, struct udpflow_key *
 	/* the bound address; a wildcard-bound socket (0.0.0.0, ::) keeps zeros:
 	 * which local address a datagram used is known only to the packet */
 	if (k->family == AF_INET)
-		BPF_CORE_READ_INTO((__u32 *)k->laddr, sk, __sk_common.skc_rcv_saddr);
+		*(__u32 *)k->laddr = s->__sk_common.skc_rcv_saddr;
 	else
-		bpf_core_read(k->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		__builtin_memcpy(k->laddr, &s->__sk_common.skc_v6_rcv_saddr, 16);
 }
 
 static __always_inline int account(const struct sock *sk, int ret, int flags, bool send)
 {
+	const struct sock *s = SOCK_RO(sk);
 	struct udpflow_key k = {};
 	struct udpflow_value *v;
+	const struct udp_sock *up;
 	__u64 segs = 1;
 	__u16 gso;
 
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+	if (!s || s->sk_protocol != IPPROTO_UDP)
 		return 0;
-	flow_key(sk, &k, send); /* also takes this call's peer when it failed */
+	flow_key(s, &k, send); /* also takes this call's peer when it failed */
 	if (ret <= 0 || (!send && (flags & MSG_PEEK_FLAG)))
 		return 0;
 	if (!k.rport)
@@ -289,11 +295,10 @@ static __always_inline int account(const struct sock *sk, int ret, int flags, bo
 		return 0;
 	if (send) {
 		/* UDP_SEGMENT set on the socket: one send, many datagrams */
-		gso = BPF_CORE_READ((struct udp_sock *)sk, gso_size);
+		up = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct udp_sock));
+		gso = up->gso_size;
 		if (gso && ret > gso)
 			segs = ((__u64)ret + gso - 1) / gso;
-	}
-	if (send) {
 		__sync_fetch_and_add(&v->bytes_sent, ret);
 		__sync_fetch_and_add(&v->datagrams_sent, segs);
 	} else {
