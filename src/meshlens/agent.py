@@ -196,11 +196,11 @@ class Agent:
                 self.statuses.append(probe.status)
 
     def probes_and_chain(self) -> list[Probe]:
-        """The probes, plus the cgroup_skb chain that runs their cgroup programs."""
-        from .probes import skbchain
+        """The probes, plus the chains that run their cgroup_skb and send/recv programs."""
+        from .probes import skbchain, sockchain
 
-        chain = skbchain.current()
-        return [*self.probes, chain] if chain and self.probes else list(self.probes)
+        chains = [c for c in (skbchain.current(), sockchain.current()) if c]
+        return [*self.probes, *chains] if self.probes else []
 
     def stop(self) -> None:
         self._stop.set()

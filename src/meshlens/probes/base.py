@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .. import _libbpf as libbpf
 from ..btf import Btf
@@ -17,6 +18,7 @@ from ..layout import Layout
 
 if TYPE_CHECKING:
     from .skbchain import Membership
+    from .sockchain import Seat
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,9 @@ class Probe:
         attach by section name."""
         assert self.obj
         root = None
+        seated = self._take_seat()
         for prog in self.obj.programs.values():
-            if not prog.autoload or prog.section == "syscall":
+            if not prog.autoload or prog.section == "syscall" or prog.name in seated:
                 continue
             if self.membership and prog.section.startswith("cgroup_skb/"):
                 continue
@@ -102,8 +105,22 @@ class Probe:
                 self.obj.links.append(prog.attach_cgroup(root))
             else:
                 self.obj.links.append(prog.attach())
+        self.chain_targets = []
         if self.membership:
-            self.chain_targets = self.membership.fill(self)
+            self.chain_targets += self.membership.fill(self)
+        if self.seat:
+            self.chain_targets += self.seat.fill(self)
+
+    def _take_seat(self) -> set[str]:
+        """Names of the programs that run behind the socket chain (none when the
+        probe has no slot there, or another probe of this process holds it)."""
+        if self.sockchain_slot is None or not self.chain_member:
+            return set()
+        if self.seat is None:
+            from .sockchain import Seat
+
+            self.seat = Seat.take(self)
+        return set(self.seat.programs.values()) if self.seat else set()
 
     def detach(self) -> None:
         """Stop running without unloading (attach() again resumes)."""
@@ -113,10 +130,16 @@ class Probe:
         self.obj.links.clear()
         if self.membership:
             self.membership.suspend()
+        if self.seat:
+            self.seat.suspend()
 
     # A probe whose object has the chain's arrays joins the process's chain;
     # the chain itself, and a probe attached elsewhere on purpose, do not.
     chain_member = True
+    # A probe that accounts one protocol's send()/recv() calls runs behind the
+    # process's socket chain at this slot (bpf/sockchain.h, docs/sockchain.md).
+    sockchain_slot: int | None = None
+    seat: Seat | None = None
 
     # Programs the probe can run without, on kernels that refuse them (e.g. the
     # BTF-typed tracing type): a failed load is retried once without them.
@@ -174,6 +197,8 @@ class Probe:
         members = (
             {name for _slot, name in self.membership.slots.values()} if self.membership else set()
         )
+        if self.seat:
+            members |= set(self.seat.programs.values())
         return {name: p.stats() for name, p in self.obj.programs.items() if name not in members}
 
     def close(self) -> None:
@@ -181,10 +206,49 @@ class Probe:
             self.membership.leave()
             self.membership = None
             self.chain_targets = []
+        if self.seat:
+            self.seat.leave()
+            self.seat = None
         if self.obj:
             self.obj.close()
             self.obj = None
         self.status.loaded = False
+
+
+P = TypeVar("P", bound=Probe)
+
+
+class PerProcess(Generic[P]):
+    """One loaded instance of a probe per process, which other probes run behind;
+    loaded and attached on first use, closed when its last holder lets go."""
+
+    def __init__(self, make: Callable[[], P]) -> None:
+        self._make = make
+        self._it: P | None = None
+        self._holders = 0
+        self._lock = threading.Lock()
+
+    def current(self) -> P | None:
+        return self._it
+
+    def acquire(self) -> P:
+        with self._lock:
+            if self._it is None:
+                it = self._make()
+                it.start()
+                self._it = it
+            self._holders += 1
+            return self._it
+
+    def release(self, it: P) -> None:
+        with self._lock:
+            if it is not self._it:
+                return
+            self._holders -= 1
+            if self._holders <= 0:
+                it.close()
+                self._it = None
+                self._holders = 0
 
 
 class CgroupProbe(Probe):

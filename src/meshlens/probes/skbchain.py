@@ -14,9 +14,7 @@ pass-through program, so the members after it still run.
 
 from __future__ import annotations
 
-import threading
-
-from .base import Probe, cgroup2_root
+from .base import PerProcess, Probe, cgroup2_root
 
 DIRECTIONS = ("egress", "ingress")
 SLOTS = 8  # SKBCHAIN_SLOTS in bpf/skbchain.h
@@ -38,7 +36,6 @@ class SkbChain(Probe):
 
     def __init__(self) -> None:
         super().__init__()
-        self.holders = 0
         # slot -> member program name, per direction (reserved or filled)
         self.members: dict[str, dict[int, str]] = {d: {} for d in DIRECTIONS}
 
@@ -91,36 +88,10 @@ class SkbChain(Probe):
         return self.obj.programs[f"skbchain_{direction}_pass{slot}"].fd
 
 
-_chain: SkbChain | None = None
-_lock = threading.Lock()
-
-
-def current() -> SkbChain | None:
-    """The process's chain, if any probe uses it."""
-    return _chain
-
-
-def acquire() -> SkbChain:
-    """The process's chain, loaded and attached on first use."""
-    global _chain
-    with _lock:
-        if _chain is None:
-            chain = SkbChain()
-            chain.start()
-            _chain = chain
-        _chain.holders += 1
-        return _chain
-
-
-def release(chain: SkbChain) -> None:
-    """Drop one holder; the last one detaches the chain."""
-    global _chain
-    with _lock:
-        chain.holders -= 1
-        if chain.holders <= 0:
-            chain.close()
-            if _chain is chain:
-                _chain = None
+_shared = PerProcess(SkbChain)
+current = _shared.current  # the process's chain, if any probe uses it
+acquire = _shared.acquire  # the process's chain, loaded and attached on first use
+release = _shared.release  # drop one holder; the last one detaches the chain
 
 
 class Membership:

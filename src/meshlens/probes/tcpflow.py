@@ -13,6 +13,7 @@ import numpy as np
 from .._libbpf import BPF_NOEXIST
 from ..layout import Layout, layout
 from .base import Probe
+from .sockchain import Slot
 
 FLOWS_MAP = "tcpflow_flows"
 LISTENERS_MAP = "tcpflow_listeners"
@@ -154,6 +155,7 @@ class Listener:
 
 class TcpFlowProbe(Probe):
     name = "tcpflow"
+    sockchain_slot = Slot.TCP
     layouts: tuple[Layout, ...] = (VALUE, EVENT, LISTEN_KEY, OWNER)
 
     def __init__(

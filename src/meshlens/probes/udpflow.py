@@ -11,6 +11,7 @@ import numpy as np
 
 from ..layout import Layout, layout
 from .base import Probe
+from .sockchain import Slot
 
 FLOWS_MAP = "udpflow_flows"
 EVENTS_MAP = "udpflow_events"
@@ -99,6 +100,7 @@ EVENT = layout(
 
 class UdpFlowProbe(Probe):
     name = "udpflow"
+    sockchain_slot = Slot.UDP
     layouts: tuple[Layout, ...] = (KEY, VALUE, PEER, SWEEPER, EVENT)
 
     def __init__(

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* The socket send/recv chain's dispatchers (see sockchain.h). */
+#include "meshlens.bpf.h"
+#include "sockchain.h"
+
+struct sockchain_array {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SOCKCHAIN_SLOTS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+};
+
+struct sockchain_array sockchain_send_progs SEC(".maps");
+struct sockchain_array sockchain_recv_progs SEC(".maps");
+
+/* Constant indexes: the verifier turns each tail call into a direct jump. An
+ * empty slot falls through. */
+static __always_inline int dispatch(void *ctx, void *progs, const struct sock *sk)
+{
+	const struct sock *s = SOCK_RO(sk);
+	__u16 proto;
+
+	if (!s)
+		return 0;
+	proto = s->sk_protocol;
+	if (proto == IPPROTO_TCP)
+		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP);
+	else if (proto == IPPROTO_UDP)
+		bpf_tail_call(ctx, progs, SOCKCHAIN_UDP);
+	return 0;
+}
+
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(sockchain_send, struct sock *sk)
+{
+	return dispatch(ctx, &sockchain_send_progs, sk);
+}
+
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(sockchain_recv, struct sock *sk)
+{
+	return dispatch(ctx, &sockchain_recv_progs, sk);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
