@@ -24,6 +24,8 @@ _vp = _c.c_void_p
 class LibbpfError(OSError):
     """A libbpf call failed; `log` holds the verifier's or libbpf's last lines."""
 
+    errno: int  # always set: __init__ takes it (OSError's may be None)
+
     def __init__(self, err: int, what: str, log: str = "") -> None:
         super().__init__(err, f"{what}: {os.strerror(err)}")
         self.what = what
@@ -147,8 +149,7 @@ _log_lock = threading.Lock()
 _LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN, INFO, DEBUG
 
 
-@_PRINT_FN
-def _on_print(level: int, fmt: bytes, args: int) -> int:
+def _on_print_impl(level: int, fmt: bytes, args: int) -> int:
     # Debug lines (every CO-RE relocation: thousands per start) are not kept;
     # failures, verifier logs included, come as warnings.
     if level >= _LIBBPF_DEBUG:
@@ -160,6 +161,7 @@ def _on_print(level: int, fmt: bytes, args: int) -> int:
     return 0
 
 
+_on_print = _PRINT_FN(_on_print_impl)  # module-level: the C trampoline must stay alive
 _set_print(_on_print)
 
 
@@ -528,11 +530,11 @@ class RingBuffers:
         self._cbs: list[Any] = []  # keep the C trampolines alive
 
     def add(self, m: Map, on_record: Callable[[bytes], None]) -> None:
-        @_SAMPLE_FN
-        def _cb(_ctx: int, data: int, size: int) -> int:
+        def _on_sample(_ctx: int, data: int, size: int) -> int:
             on_record(_c.string_at(data, size))
             return 0
 
+        _cb = _SAMPLE_FN(_on_sample)
         self._cbs.append(_cb)
         if self._ptr is None:
             ptr = _rb_new(m.fd, _cb, None, None)
@@ -587,9 +589,9 @@ def tune_malloc(threshold: int = 128 << 10, arenas: int = 2) -> bool:
     the agent's RSS near what it really uses. False where there is no glibc."""
     if _mallopt is None:
         return False
-    ok = _mallopt(_M_MMAP_THRESHOLD, threshold) == 1
-    ok = _mallopt(_M_TRIM_THRESHOLD, threshold) == 1 and ok
-    return _mallopt(_M_ARENA_MAX, arenas) == 1 and ok
+    ok = int(_mallopt(_M_MMAP_THRESHOLD, threshold)) == 1
+    ok = int(_mallopt(_M_TRIM_THRESHOLD, threshold)) == 1 and ok
+    return int(_mallopt(_M_ARENA_MAX, arenas)) == 1 and ok
 
 
 def release_free_memory() -> None:

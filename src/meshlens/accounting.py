@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -208,7 +208,7 @@ class Namer:
         limit = self.clock() - seconds
         learned = self._learned
         over = len(learned) - self.max_endpoints
-        stale = []
+        stale: list[tuple[int, str, int]] = []
         for key, when in learned.items():
             if when >= limit and len(stale) >= over:
                 break
@@ -276,7 +276,7 @@ class Flow(NamedTuple):
     recvs: int
 
 
-def _totals_for(edge: Edge, f: tuple[int, int, int, int]) -> Totals:
+def _totals_for(edge: Edge, f: Sequence[int]) -> Totals:
     # The source's socket sends requests; the destination's sends responses.
     sent, received, sends, recvs = f
     if edge.reporter == "source":
@@ -331,7 +331,7 @@ class Record(NamedTuple):
     sid: Hashable  # the socket's id while it lived
     late_key: Hashable  # matches a closed socket when the record is late
     make: Callable[[], Sock]
-    flow: Flow
+    flow: tuple[int, int, int, int]  # a Flow, or a plain 4-tuple in its order (cheaper)
     opened: bool
     kind: str  # "close" (final), "late" (bytes after the final), "failed" (connect failed)
     health: np.ndarray | None = None
@@ -537,6 +537,7 @@ class FlowBook:
         rows: list[int] = []  # row -> index into `edges`, -1 when not counted live
         edges: list[Edge] = []
         edge_index: dict[Edge, int] = {}
+        flow: Sequence[int]  # the map's tuple, or a bound entry's list slice
         for i, (sid, flow, opened, closing) in enumerate(
             zip(sids, flows, live.opened, closings, strict=True)
         ):
@@ -558,11 +559,11 @@ class FlowBook:
                 entry[2:] = flow
             seen.add(sid)
             edge = entry[0]
-            i = edge_index.get(edge)
-            if i is None:
-                i = edge_index[edge] = len(edges)
+            col = edge_index.get(edge)
+            if col is None:
+                col = edge_index[edge] = len(edges)
                 edges.append(edge)
-            rows.append(i)
+            rows.append(col)
             acc = live_sums.get(edge)
             if acc is None:
                 live_sums[edge] = list(flow)
@@ -595,7 +596,7 @@ class FlowBook:
             if redrain is None or all(s in seen for s in self.bound):
                 break
             time.sleep(0.002)
-            more = []
+            more: list[Record] = []
             for r in redrain():
                 # Sockets counted live in this refresh take their records next time.
                 (self._deferred if r.sid in seen else more).append(r)

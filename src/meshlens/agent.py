@@ -492,10 +492,14 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
         labeled = _reset_labels(ev[i]) if rst else {}
         if kind == "failed":
             labeled[("connect_failed", kernel_enums.connect_failure(err))] = 1
+
+        def make(i: int = i) -> Sock:
+            return sock_of(i)
+
         yield Record(
             sk << 64 | start,  # as _tcp_live
             sk,
-            (lambda i=i: sock_of(i)),
+            make,
             (bs, br, ns, nr),
             # a late record copies the flags too, but the close record already
             # brought the opening
@@ -537,9 +541,13 @@ def _udp_live(
 ) -> Iterator[tuple[Hashable, Callable[[], Sock], Flow, bool, bool]]:
     for i in range(len(keys)):
         k, v = keys[i], vals[i]
+
+        def make(k: np.void = k, v: np.void = v) -> Sock:
+            return _udp_sock(k, v)
+
         yield (
             (*_udp_id(k), int(v["start_ns"])),
-            (lambda k=k, v=v: _udp_sock(k, v)),
+            make,
             Flow(
                 int(v["bytes_sent"]),
                 int(v["bytes_received"]),
@@ -558,10 +566,14 @@ def _udp_records(recs: list[bytes]) -> Iterator[Record]:
     for i in range(len(ev)):
         e = ev[i]
         uid = _udp_id(e)
+
+        def make(e: np.void = e) -> Sock:
+            return _udp_sock(e, e)
+
         yield Record(
             (*uid, int(e["start_ns"])),
             uid,
-            (lambda e=e: _udp_sock(e, e)),
+            make,
             Flow(
                 int(e["bytes_sent"]),
                 int(e["bytes_received"]),

@@ -34,6 +34,10 @@ class Row:
     retrans: int = 0  # segments retransmitted in this interval (TCP)
 
 
+# A flow's id: protocol tag, its socket ("t": sk address, "u": the UDP map key), start_ns
+_Sid = tuple[str, int | bytes, int]
+
+
 def _endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
@@ -43,8 +47,8 @@ class FlowRates:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.prev: dict[object, tuple[int, int, int]] = {}
-        self.recent: dict[int, tuple[object, Sock]] = {}  # closed socket -> its row
+        self.prev: dict[_Sid, tuple[int, int, int]] = {}
+        self.recent: dict[int, tuple[_Sid, Sock]] = {}  # closed socket -> its row
 
     def _row(self, proto: str, sock: Sock) -> Row:
         wl = self.agent.namer.local(sock)
@@ -56,10 +60,11 @@ class FlowRates:
     def rows(self) -> list[Row]:
         a = self.agent
         a.refresh(force=True)
-        cur: dict[object, tuple[int, int, int]] = {}
-        out: dict[object, Row] = {}
+        cur: dict[_Sid, tuple[int, int, int]] = {}
+        out: dict[_Sid, Row] = {}
+        sid: _Sid
 
-        def add(sid: object, proto: str, make: Any, counts: tuple[int, int, int], live: bool,
+        def add(sid: _Sid, proto: str, make: Any, counts: tuple[int, int, int], live: bool,
                 rtt_us: int = 0) -> None:  # fmt: skip
             prx, ptx, pre = self.prev.get(sid, (0, 0, 0))
             if live:
