@@ -217,12 +217,25 @@ struct scratch {
 	struct http_synq_key synq; /* off the programs' stack (a listener's packets only) */
 };
 
+/* One scratch per nesting level of http programs on a CPU: a softirq (a packet
+ * arriving) can run one while another is mid-way on the same CPU, in process
+ * context; each level gets its own, so neither overwrites the other's bytes. */
+#define SCRATCH_LEVELS 3
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SCRATCH_LEVELS);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} http_scratch SEC(".maps");
+
+/* How many http programs are running on this CPU (enter/leave below). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct scratch);
-} http_scratch SEC(".maps");
+	__type(value, __u32);
+} http_depth SEC(".maps");
 
 /* Envoy's default histogram bounds, in ns. */
 static const __u64 dur_bounds[HTTP_DUR_BUCKETS - 1] = {
@@ -294,11 +307,33 @@ static __always_inline bool is_hex(__u8 ch)
 #define HTTP11 STR8('H', 'T', 'T', 'P', '/', '1', '.', '1')
 #define HTTP10 STR8('H', 'T', 'T', 'P', '/', '1', '.', '0')
 
-static __always_inline struct scratch *scratch(void)
+static __always_inline __u32 *depth_enter(void)
 {
 	__u32 zero = 0;
+	__u32 *d = bpf_map_lookup_elem(&http_depth, &zero);
 
-	return bpf_map_lookup_elem(&http_scratch, &zero);
+	if (d)
+		*d += 1; /* a nested run restores it before we go on */
+	return d;
+}
+
+static __always_inline void depth_leave(__u32 *d)
+{
+	if (d && *d)
+		*d -= 1;
+}
+
+/* This run's scratch: the one of its nesting level. */
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0, level = 0;
+	__u32 *d = bpf_map_lookup_elem(&http_depth, &zero);
+
+	if (d && *d)
+		level = *d - 1;
+	if (level >= SCRATCH_LEVELS)
+		level = SCRATCH_LEVELS - 1;
+	return bpf_map_lookup_elem(&http_scratch, &level);
 }
 
 /* Scalars of one packet's parse. */
@@ -2288,7 +2323,10 @@ static __noinline int handle(struct __sk_buff *skb, bool egress)
 SEC("cgroup_skb/egress")
 int http_egress(struct __sk_buff *skb)
 {
+	__u32 *d = depth_enter();
+
 	handle(skb, true);
+	depth_leave(d);
 	SKBCHAIN_NEXT_EGRESS(skb);
 	return 1;
 }
@@ -2296,7 +2334,10 @@ int http_egress(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int http_ingress(struct __sk_buff *skb)
 {
+	__u32 *d = depth_enter();
+
 	handle(skb, false);
+	depth_leave(d);
 	SKBCHAIN_NEXT_INGRESS(skb);
 	return 1;
 }
@@ -2383,11 +2424,23 @@ static __always_inline void owner_from_current(struct http_owner *o)
 	bpf_get_current_comm(o->comm, HTTP_COMM_LEN);
 }
 
+static __always_inline void state_change(struct sock *sk, int oldstate, int newstate);
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(http_state, struct sock *sk, int oldstate, int newstate)
 {
+	__u32 *d;
+
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
+	d = depth_enter();
+	state_change(sk, oldstate, newstate);
+	depth_leave(d);
+	return 0;
+}
+
+static __always_inline void state_change(struct sock *sk, int oldstate, int newstate)
+{
 	if (newstate == TCP_LISTEN) {
 		struct http_listen_key k = {.netns = sock_netns(sk),
 					    .port = sk->__sk_common.skc_num};
@@ -2435,7 +2488,6 @@ int BPF_PROG(http_state, struct sock *sk, int oldstate, int newstate)
 				bpf_map_delete_elem(&http_endpoints, &ek);
 		}
 	}
-	return 0;
 }
 
 /* Ring buffer records and values only used through pointers: name the types
