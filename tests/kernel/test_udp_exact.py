@@ -282,3 +282,28 @@ def test_udp_gso_send_counts_every_datagram(agent: Agent) -> None:
         sent = _flow(agent, cport, sport)
         assert sent is not None
         assert (sent["datagrams_sent"], sent["bytes_sent"]) == (20, 5 * 3500)
+
+
+def test_udp_ipv4_peer_of_a_dual_stack_socket_counted_as_ipv4(agent: Agent) -> None:
+    """An IPv6 socket talking to ::ffff:127.0.0.1 is an IPv4 flow (as the packets are)."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as cli,
+    ):
+        cli.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        srv.bind(("127.0.0.1", 0))
+        sport = srv.getsockname()[1]
+        for _ in range(3):
+            cli.sendto(b"m" * 41, ("::ffff:127.0.0.1", sport))
+            _, peer = srv.recvfrom(100)
+            srv.sendto(b"r" * 3, peer)
+            assert len(cli.recvfrom(100)[0]) == 3
+        cport = cli.getsockname()[1]
+        keys, vals = agent.udp.read_flows()  # type: ignore[union-attr]
+        mine = [
+            (int(k["family"]), ip_text(int(k["family"]), bytes(k["raddr"])), int(v["bytes_sent"]),
+             int(v["bytes_received"]))
+            for k, v in zip(keys, vals, strict=True)
+            if int(k["lport"]) == cport and int(k["rport"]) == sport
+        ]  # fmt: skip
+        assert mine == [(socket.AF_INET, "127.0.0.1", 3 * 41, 3 * 3)]
