@@ -205,7 +205,8 @@ def scoped(args: argparse.Namespace) -> int:
     """Kernel cost alone: A/B pairs, programs attached to a cgroup of nginx and wrk."""
     from meshlens import _libbpf
     from meshlens.probes import http as hp
-    from meshlens.probes.base import cgroup2_root
+    from meshlens.probes import skbchain
+    from meshlens.probes.base import cgroup2_root, objects_dir
 
     class ScopedProbe(hp.HttpProbe):
         """The packet programs come and go with attach(); the tracepoint (owners,
@@ -227,6 +228,35 @@ def scoped(args: argparse.Namespace) -> int:
                     self.tracing.append(prog.attach())
             self.started = True
 
+    class NoopControl:
+        """The control: one cgroup_skb program per direction that only returns (the
+        chain's last pass-through program, whose tail call finds no slot), what
+        any per-packet design pays before doing any work."""
+
+        def __init__(self) -> None:
+            self.obj = _libbpf.BpfObject(str(objects_dir() / "skbchain.bpf.o"))
+            self.obj.load()
+            self.names = [f"skbchain_{d}_pass{skbchain.SLOTS - 1}" for d in skbchain.DIRECTIONS]
+            self.links: list[Any] = []
+            self.tracing: list[Any] = []
+
+        def start(self) -> None:
+            pass
+
+        def attach(self) -> None:
+            self.links = [self.obj.programs[n].attach_cgroup(CGROUP) for n in self.names]
+
+        def detach(self) -> None:
+            for link in self.links:
+                link.destroy()
+            self.links = []
+
+        def program_stats(self) -> dict[str, Any]:
+            return {n: self.obj.programs[n].stats() for n in self.names}
+
+        def close(self) -> None:
+            self.obj.close()
+
     assert cgroup2_root() == str(Path(CGROUP).parent), "cgroup v2 is not at the expected root"
     os.makedirs(CGROUP, exist_ok=True)
     stats_fd = _libbpf.enable_run_time_stats()
@@ -242,7 +272,7 @@ def scoped(args: argparse.Namespace) -> int:
                                             f"{d}/nginx.conf", "-p", d))  # fmt: skip
             url = f"http://{srv.addr}:8080/index.html"
             time.sleep(1)
-            probe = ScopedProbe()
+            probe: Any = NoopControl() if args.control == "noop" else ScopedProbe()
             probe.start()  # loaded once; only its links come and go
 
             def run(attached: bool) -> dict[str, Any]:
@@ -310,6 +340,11 @@ def main() -> int:
         help="instead: N pairs of runs with the http programs attached to a cgroup holding "
         "only nginx and wrk, attached and detached between runs (no agent start-up in "
         "between, no other traffic in the kernel time)",
+    )  # fmt: skip
+    p.add_argument(
+        "--control", choices=("http", "noop"), default="http",
+        help="with --scoped-pairs: attach the http programs, or a program per direction "
+        "that only returns (the floor of any cgroup_skb design)",
     )  # fmt: skip
     args = p.parse_args()
     if os.geteuid() != 0:
