@@ -87,3 +87,21 @@ def test_second_probe_of_a_protocol_attaches_its_own_programs() -> None:
     finally:
         first.close()
     assert sockchain.current() is None
+
+
+def test_probe_works_alone_when_the_chain_cannot_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> sockchain.SockChain:
+        raise OSError("refused by this kernel")
+
+    monkeypatch.setattr(sockchain._shared, "_make", refuse)
+    probe = TcpFlowProbe()
+    probe.start()
+    try:
+        assert probe.seat is None
+        assert set(SOCK_IO) <= own_links(probe)
+        with tcp_pair() as (cli, conn, ports):
+            send(cli, conn, 4099)
+            assert sent_by(probe, *ports) == 4099
+    finally:
+        probe.close()
+    assert sockchain.current() is None

@@ -11,8 +11,11 @@ another probe of this process holds it, it attaches its own programs instead
 from __future__ import annotations
 
 import enum
+import logging
 
 from .base import PerProcess, Probe
+
+log = logging.getLogger(__name__)
 
 TRACEPOINTS = {"raw_tp/sock_send_length": "send", "raw_tp/sock_recv_length": "recv"}
 
@@ -66,8 +69,14 @@ class Seat:
             for p in probe.obj.programs.values()
             if p.section in TRACEPOINTS and p.autoload
         }
-        chain = _shared.acquire()
-        if probe.sockchain_slot in chain.seated or not programs:
+        if not programs:
+            return None
+        try:
+            chain = _shared.acquire()
+        except Exception as exc:  # the probe still works on its own, at the old cost
+            log.warning("sockchain: %s; %s attaches its own programs", exc, probe.name)
+            return None
+        if probe.sockchain_slot in chain.seated:
             _shared.release(chain)
             return None
         chain.seated[probe.sockchain_slot] = probe.name
