@@ -194,6 +194,14 @@ def one_run(cli: Host, url: str, args: argparse.Namespace, agent: Any) -> dict[s
 CGROUP = "/sys/fs/cgroup/unified/meshlens-http-bench"
 
 
+def nginx_site(d: str, srv: Host) -> None:
+    """nginx's config and the 612-byte page it serves, in the folder d."""
+    os.chmod(d, 0o755)
+    (Path(d) / "www").mkdir()
+    (Path(d) / "www" / "index.html").write_bytes(b"x" * 612)
+    (Path(d) / "nginx.conf").write_text(CONF.format(d=d, addr=srv.addr))
+
+
 def in_cgroup(host: Host, *cmd: str) -> list[str]:
     """argv that joins the bench cgroup, then runs cmd in the host's netns
     (`ip netns exec` hides the cgroup mount, so join first)."""
@@ -264,10 +272,7 @@ def scoped(args: argparse.Namespace) -> int:
     try:
         with Lab(2) as lab, tempfile.TemporaryDirectory(prefix="meshlens-bench-") as d:
             srv, cli = lab.hosts
-            os.chmod(d, 0o755)
-            (Path(d) / "www").mkdir()
-            (Path(d) / "www" / "index.html").write_bytes(b"x" * 612)
-            (Path(d) / "nginx.conf").write_text(CONF.format(d=d, addr=srv.addr))
+            nginx_site(d, srv)
             ng = subprocess.Popen(in_cgroup(srv, "taskset", "-c", "0", "nginx", "-c",
                                             f"{d}/nginx.conf", "-p", d))  # fmt: skip
             url = f"http://{srv.addr}:8080/index.html"
@@ -360,10 +365,7 @@ def main() -> int:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     with Lab(2) as lab, tempfile.TemporaryDirectory(prefix="meshlens-bench-") as d:
         srv, cli = lab.hosts
-        os.chmod(d, 0o755)
-        (Path(d) / "www").mkdir()
-        (Path(d) / "www" / "index.html").write_bytes(b"x" * 612)
-        (Path(d) / "nginx.conf").write_text(CONF.format(d=d, addr=srv.addr))
+        nginx_site(d, srv)
         srv.popen("taskset", "-c", "0", "nginx", "-c", f"{d}/nginx.conf", "-p", d)
         url = f"http://{srv.addr}:8080/index.html"
         time.sleep(1)

@@ -31,10 +31,8 @@ import platform
 import pstats
 import re
 import resource
-import select
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +52,9 @@ PY = Path(sys.executable)
 MESHLENS = PY.parent / "meshlens"
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
+
+from meshlens import loadgen  # noqa: E402 (after the path above)
+from meshlens.loadgen import free_port  # noqa: E402
 
 NAMES = ("startup", "sendloop", "churn", "flows", "profile")
 TARGET_NS_PER_CALL = 150.0
@@ -106,27 +107,9 @@ def build() -> dict[str, str]:
 # -- small helpers ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """One line of a child's stdout (a pipe), bounded in time."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"no line from {proc.args!r} within {timeout}s (got {line!r})")
-        ch = os.read(fd, 1)
-        if not ch:
-            raise EOFError(f"{proc.args!r} ended (got {line!r})")
-        line += ch
-    return line.decode(errors="replace").strip()
+    """One line of a child's stdout (a pipe), bounded in time, as text."""
+    return loadgen.read_line(proc, timeout).decode(errors="replace").strip()
 
 
 def stop_proc(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:

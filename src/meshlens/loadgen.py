@@ -301,8 +301,9 @@ def udp_client(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- helpers for tests
 
 
-def read_json_line(proc: Any, timeout: float = 10.0) -> dict[str, Any]:
-    """Read one JSON line from a Popen's stdout (opened with stdout=PIPE), bounded in time."""
+def read_line(proc: Any, timeout: float = 10.0) -> bytes:
+    """One line of a Popen's stdout (opened with stdout=PIPE), bounded in time.
+    TimeoutError, or EOFError when the process ends first; both carry what came."""
     stream: IO[bytes] = proc.stdout
     fd = stream.fileno()
     deadline = time.monotonic() + timeout
@@ -310,13 +311,25 @@ def read_json_line(proc: Any, timeout: float = 10.0) -> dict[str, Any]:
     while not line.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"no JSON line within {timeout}s (got {line!r})")
+            raise TimeoutError(f"no line within {timeout:g}s (got {line!r})")
         ch = os.read(fd, 1)  # byte by byte: nothing stays hidden in a Python buffer
         if not ch:
             raise EOFError(f"process ended before a full line (got {line!r})")
         line += ch
-    result: dict[str, Any] = json.loads(line)
+    return line
+
+
+def read_json_line(proc: Any, timeout: float = 10.0) -> dict[str, Any]:
+    """Read one JSON line from a Popen's stdout (opened with stdout=PIPE), bounded in time."""
+    result: dict[str, Any] = json.loads(read_line(proc, timeout))
     return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def stop_server(proc: Any, timeout: float = 10.0) -> dict[str, Any]:

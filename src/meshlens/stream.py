@@ -19,15 +19,24 @@ from .probes.base import Probe
 Rows = Callable[[list[bytes]], Iterable[tuple[dict[str, Any], str]]]
 
 
-def stream(probe: Probe, ring_map: str, header: str, rows: Rows, args: argparse.Namespace) -> int:
+def start_until_signal(probe: Probe) -> threading.Event | None:
+    """Load a trace tool's probe; the event is set on SIGINT/SIGTERM. None (and
+    the reason on stderr) when the probe does not load."""
     try:
         probe.start()
     except Exception as exc:
         print(f"meshlens: cannot load {probe.name}: {exc}", file=sys.stderr)
-        return 1
+        return None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def stream(probe: Probe, ring_map: str, header: str, rows: Rows, args: argparse.Namespace) -> int:
+    stop = start_until_signal(probe)
+    if stop is None:
+        return 1
     pending: list[bytes] = []
     rings = libbpf.RingBuffers()
     rings.add(probe.map(ring_map), pending.append)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import socket
 import subprocess
 import sys
 import time
@@ -122,29 +120,6 @@ def sample(
     hits = [v for lab, v in rows if all(lab.get(k) == x for k, x in labels.items())]
     assert len(hits) == 1, f"{name}{labels}: {len(hits)} samples"
     return hits[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    """One line from a Popen's stdout (PIPE), bounded in time; b"" at EOF."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"no line within {timeout}s (got {line!r})")
-        ch = os.read(fd, 1)
-        if not ch:
-            return line
-        line += ch
-    return line
 
 
 def bpftool(*args: str) -> Any:

@@ -18,11 +18,11 @@ from kernel_helpers import (
     all_prog_ids,
     bpf_fds_of,
     bpf_objects_of,
-    free_port,
     our_prog_ids,
-    read_line,
     wait_for,
 )
+
+from meshlens.loadgen import free_port, read_line
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -50,7 +50,10 @@ def test_run_serves_and_detaches_on_signal(sig: signal.Signals) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        line = read_line(proc, timeout=20)
+        try:
+            line = read_line(proc, timeout=20)
+        except EOFError:
+            line = b""  # the agent ended: its stderr, below, says why
         m = SERVING.search(line)
         assert m, (line, proc.stderr.read() if proc.poll() is not None else b"")  # type: ignore[union-attr]
         assert int(m.group(1)) == port

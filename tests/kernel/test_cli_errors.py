@@ -8,7 +8,9 @@ import socket
 import subprocess
 
 import pytest
-from kernel_helpers import MESHLENS, free_port
+from kernel_helpers import MESHLENS
+
+from meshlens.loadgen import free_port
 
 pytestmark = [pytest.mark.kernel]
 

@@ -23,7 +23,7 @@ from meshlens.agent import Agent
 from meshlens.features.http import HttpFeature
 from meshlens.httpmsg import Series, SeriesKey
 from meshlens.lab import Host, Lab
-from meshlens.loadgen import read_json_line
+from meshlens.loadgen import read_json_line, read_line
 from meshlens.probes.http import UNPARSED, Stat
 
 pytestmark = [
@@ -519,12 +519,12 @@ def test_connection_older_than_agent(make_agent: Any, http_lab: Lab) -> None:
         sys.executable, "-c", PICKUP_CLIENT.format(src=src, addr=srv.addr, port=port),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
-    assert len(json.loads(read_json_line_raw(client))) == 5
+    assert len(json.loads(read_line(client, 30))) == 5
     agent = make_agent(features=("http",))
     assert client.stdin is not None
     client.stdin.write(b"go\n")
     client.stdin.flush()
-    after = json.loads(read_json_line_raw(client))
+    after = json.loads(read_line(client, 30))
     assert [c for c, _ in after] == [404] * 7 + [200] * 3
     series = wait_counts(agent, {srv.name, cli.name}, 10)
     truth = {"404": {"count": 7, "request_bytes": 0, "response_bytes": 7 * 33},
@@ -532,24 +532,6 @@ def test_connection_older_than_agent(make_agent: Any, http_lab: Lab) -> None:
     assert_exact(series, truth)
     client.wait(timeout=10)
     proc.terminate()
-
-
-def read_json_line_raw(proc: subprocess.Popen[bytes]) -> bytes:
-    import select
-
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + 30
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(line)
-        ch = os.read(fd, 1)
-        if not ch:
-            raise EOFError(line)
-        line += ch
-    return line
 
 
 def test_long_lines_split_across_segments(http_agent: Agent, http_lab: Lab) -> None:

@@ -10,9 +10,10 @@ import struct
 from typing import Any
 
 import pytest
-from kernel_helpers import bpf_objects_of, bpftool, free_port
+from kernel_helpers import bpf_objects_of, bpftool
 
 from meshlens.dnsmsg import encode_name
+from meshlens.loadgen import free_port
 from meshlens.probes import skbchain
 from meshlens.probes.dns import DnsProbe
 from meshlens.probes.dns import Stat as DnsStat

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import loadgen
 from ..lab import Host, Lab
 from ..shop import SERVICES, START_ORDER
 from . import envoy as envoy_cfg
@@ -109,40 +109,26 @@ class Proc:
 
 def read_json_line(popen: subprocess.Popen[bytes], timeout: float, what: str) -> dict[str, Any]:
     """One JSON line of a child's stdout, bounded in time; non-JSON lines are skipped."""
-    assert popen.stdout is not None
-    fd = popen.stdout.fileno()
     deadline = time.monotonic() + timeout
-    line = b""
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise ModeFailed(f"{what}: no answer within {timeout:.0f}s")
-        ch = os.read(fd, 1)
-        if not ch:
-            raise ModeFailed(f"{what}: exited (code {popen.poll()})")
-        if ch != b"\n":
-            line += ch
-            continue
-        text = line.decode(errors="replace").strip()
-        line = b""
+        text = _read(popen, deadline, timeout, what)
         if text.startswith("{"):
             result: dict[str, Any] = json.loads(text)
             return result
 
 
 def read_line(popen: subprocess.Popen[bytes], timeout: float, what: str) -> str:
-    assert popen.stdout is not None
-    fd = popen.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise ModeFailed(f"{what}: no answer within {timeout:.0f}s")
-        ch = os.read(fd, 1)
-        if not ch:
-            raise ModeFailed(f"{what}: exited (code {popen.poll()})")
-        line += ch
+    return _read(popen, time.monotonic() + timeout, timeout, what)
+
+
+def _read(popen: subprocess.Popen[bytes], deadline: float, timeout: float, what: str) -> str:
+    """A line of the child's stdout by `deadline`; a silent or ended child fails the mode."""
+    try:
+        line = loadgen.read_line(popen, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise ModeFailed(f"{what}: no answer within {timeout:.0f}s") from None
+    except EOFError:
+        raise ModeFailed(f"{what}: exited (code {popen.poll()})") from None
     return line.decode(errors="replace").strip()
 
 

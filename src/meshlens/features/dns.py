@@ -15,7 +15,6 @@ import functools
 import ipaddress
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from .. import dnsmsg
 from ..accounting import UNKNOWN, Namer, Sock, ip_text, service_name
 from ..probes import dns as probe
 from ..ringwait import RingWait
+from ..stream import start_until_signal
 from . import Feature, TraceTool, kernel_events
 
 if TYPE_CHECKING:
@@ -765,13 +765,12 @@ class DnsTrace(TraceTool):
         namer = Namer(IdentityResolver())
         try:
             p = probe.DnsProbe(ports=_ports(args.dns_port), timeout_seconds=args.dns_timeout)
-            p.start()
-        except Exception as exc:
-            print(f"meshlens: cannot load dns: {exc}", file=sys.stderr)
+        except ValueError as exc:  # too many ports
+            print(f"meshlens: {exc}", file=sys.stderr)
             return 1
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        stop = start_until_signal(p)
+        if stop is None:
+            return 1
         out = sys.stdout
         lines: list[str] = []
 
