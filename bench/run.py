@@ -1828,7 +1828,9 @@ def _probes_loaded(res: dict[str, Any]) -> list[str]:
 
 def markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
-    cmdline = res.get("command", ".venv/bin/python bench/run.py --out docs/benchmarks.md")
+    # whatever file the run wrote, this page is regenerated into docs/
+    ran = res.get("command", ".venv/bin/python bench/run.py")
+    cmdline = re.sub(r" --out \S+", "", ran) + " --out docs/benchmarks.md"
     lines = [
         "# meshlens benchmarks",
         "",
