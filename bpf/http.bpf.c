@@ -1,33 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
-/* HTTP/1.x request metrics from packet data, without a proxy.
+/* HTTP/1.x request metrics from socket data, without a proxy.
  *
- * cgroup_skb programs on the cgroup-v2 root see every TCP segment a local
- * socket sends (before segmentation: one write) or receives (after GRO, before
- * TCP's own processing). A per-connection state machine, kept in the socket's
- * own storage, follows each direction by TCP sequence number: it parses the
- * start line and the few headers that frame a message (Content-Length,
- * Transfer-Encoding, the empty line), skips bodies by length or by chunk, and
- * matches responses to a FIFO of outstanding requests (pipelining). Each
- * completed exchange is added to an aggregate (edge, route, status, method) ->
- * counters and histogram buckets, which user space reads in batches; nothing
- * wakes user space per request. A rate-limited ring buffer of samples feeds
- * `meshlens trace http`.
+ * Two raw_tp programs run behind the socket chain (sockchain.h) at the end of
+ * every TCP send()/recv(): sock_send_length and sock_recv_length fire once a
+ * call has moved `ret` bytes, in the calling process. The bytes themselves are
+ * read from the caller's own buffers (the syscall's arguments, through the
+ * task's saved registers): what the application wrote and read, in stream
+ * order, each byte once, with no retransmits or reordering to undo. A
+ * per-connection state machine follows each direction by TCP sequence number
+ * (write_seq, copied_seq): it parses the start line and the few headers that
+ * frame a message (Content-Length, Transfer-Encoding, the empty line), skips
+ * bodies by length or by chunk without reading them, and matches responses to
+ * a FIFO of outstanding requests (pipelining). Each completed exchange is
+ * added to an aggregate (edge, route, status, method) -> counters and
+ * histogram buckets, which user space reads in batches; nothing wakes user
+ * space per request. A rate-limited ring buffer of samples feeds `meshlens
+ * trace http`.
  *
- * inet_sock_set_state (a BTF tracepoint; process context for connect() and
- * listen()) records who owns client sockets and listeners, and finishes a
- * connection's exchanges at its close. See docs/http.md. */
+ * inet_sock_set_state (raw_tp) records who owns client sockets and listeners,
+ * and finishes a connection's exchanges at its close. See docs/http.md. */
 #include "meshlens.bpf.h"
 #include "http.h"
-#include "skbchain.h"
+#include "sockchain.h"
 
-#define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
-#define ETH_P_IPV6_BE 0xDD86 /* htons(0x86DD) */
-
-#define WIN 512                /* bytes of a segment loaded at once */
+#define WIN 512                /* bytes of a call loaded at once */
 #define BUF_SIZE 1024          /* scratch: carry + window, power of two */
 #define BUF_SLACK 64           /* 8-byte reads past the end stay inside */
 #define MAX_HEADER_BYTES 16384 /* a bigger header block is unparsed */
-#define MAX_STEPS 4096         /* parser steps per packet */
+#define MAX_STEPS 4096         /* parser steps per call */
+#define UIO_SEGS 8             /* buffers of a call that are read (iovecs) */
 #define MAX_LINES 64           /* lines per scan call */
 #define TAIL 16                /* bytes kept of a long start line */
 
@@ -62,34 +63,18 @@ const volatile __u64 sample_interval_ns = 0; /* 0: no trace samples */
 const volatile __u32 routes_on = 0;         /* aggregate by templated route */
 const volatile __u64 wakeup_bytes = 0;
 
-/* Per-connection parser state, in the socket's own storage: created for HTTP
- * connections only, freed with the socket. */
+/* Per-connection parser state, keyed by the socket's address: created for
+ * HTTP connections only, deleted when the socket closes (http_state). */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__type(key, __u64);
 	__type(value, struct http_conn);
 } http_conns SEC(".maps");
 
-/* A connection whose first request completed its handshake: the request was
- * parsed with the listener as the packet's socket (skb->sk), before the
- * connection's own socket existed. Its state waits here, keyed by the
- * connection's addresses, until that socket is established (http_state). */
-struct http_synq_key {
-	__u64 netns;
-	__u8 laddr[16]; /* IPv4 as ::ffff:a.b.c.d, as a dual-stack socket has it */
-	__u8 raddr[16];
-	__u16 lport;
-	__u16 rport;
-	__u32 __pad0;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct http_synq_key);
-	__type(value, struct http_conn);
-} http_synq SEC(".maps");
+/* Ids of new connections (keys of their carry and trace entries). */
+__u64 http_last_id = 0;
 
 struct http_carry {
 	__u32 len;
@@ -97,7 +82,7 @@ struct http_carry {
 	__u8 bytes[HTTP_CARRY_MAX];
 };
 
-/* The start of a line that a segment boundary split; key = cookie * 2 + direction. */
+/* The start of a line that a call boundary split; key = connection id * 2 + direction. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -106,11 +91,12 @@ struct {
 	__type(value, struct http_carry);
 } http_carry SEC(".maps");
 
-/* Owner of each connecting socket, recorded in connect(). */
+/* Owner of each connecting socket (by its address), recorded in connect(),
+ * deleted at its close. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
 	__type(value, struct http_owner);
 } http_owners SEC(".maps");
 
@@ -155,7 +141,7 @@ struct {
 	__type(value, struct http_route);
 } http_routes SEC(".maps");
 
-/* Path and Host of sampled requests until their response; key = cookie * 16 + slot. */
+/* Path and Host of sampled requests until their response; key = id * 16 + slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -206,20 +192,37 @@ struct http_link {
 	__u32 __pad0;
 };
 
+/* Where the bytes of one call are: the caller's buffers, as iovecs. */
+struct useg {
+	__u64 base;
+	__u64 len;
+};
+
+struct uio {
+	struct useg seg[UIO_SEGS];
+	__u32 n; /* segments; 0: the call's bytes cannot be read (sendfile, io_uring, ...) */
+	__u32 __pad0;
+};
+
 struct scratch {
 	__u8 buf[BUF_SIZE + BUF_SLACK];
+	/* 8-byte loads past a short read and the verifier's view of a read at the
+	 * end of buf (see uio_read) stay inside the scratch */
+	__u8 spill[WIN];
+	struct uio uio;
+	__u64 key; /* of http_conns: off handle()'s stack, which is near the limit */
 	struct http_conn conn; /* initial value of a new connection */
 	struct http_agg agg;   /* zero: initial value of a new aggregate */
 	struct http_route route;
 	struct http_pending pending;
 	struct http_endpoint_key ek; /* keys and values too big for the stack */
 	struct http_link link;
-	struct http_synq_key synq; /* off the programs' stack (a listener's packets only) */
 };
 
-/* One scratch per nesting level of http programs on a CPU: a softirq (a packet
- * arriving) can run one while another is mid-way on the same CPU, in process
- * context; each level gets its own, so neither overwrites the other's bytes. */
+/* One scratch per nesting level of http programs on a CPU: a softirq (a socket
+ * closing on a reset) can run http_state while a send/recv program is mid-way
+ * on the same CPU, in process context; each level gets its own, so neither
+ * overwrites the other's bytes. */
 #define SCRATCH_LEVELS 3
 
 struct {
@@ -336,18 +339,18 @@ static __always_inline struct scratch *scratch(void)
 	return bpf_map_lookup_elem(&http_scratch, &level);
 }
 
-/* Scalars of one packet's parse. */
+/* Scalars of one call's parse. */
 struct pscal {
 	__u64 now;
 	__u64 id;    /* the socket's cookie */
-	__u32 off;   /* next unparsed byte of the packet */
-	__u32 end;   /* end of the packet's payload */
+	__u32 off;   /* next unparsed byte of the call */
+	__u32 end;   /* end of the call's bytes */
 	__u32 blen;  /* valid bytes in the scratch buffer; 0: nothing loaded */
 	__u32 bpos;  /* next unparsed byte in the buffer */
-	__u32 carry; /* buf[0, carry) were carried from an earlier segment */
-	__u32 bseg;  /* packet offset of buf[carry] */
+	__u32 carry; /* buf[0, carry) were carried from an earlier call */
+	__u32 bseg;  /* call offset of buf[carry] */
 	__u32 di;    /* 0: requests, 1: responses */
-	__u32 stop;  /* parsing of this packet is over */
+	__u32 stop;  /* parsing of this call is over */
 };
 
 static __always_inline struct http_dir *dir_of(struct http_conn *c, struct pscal *sc)
@@ -410,7 +413,7 @@ GLOBAL int http_find_lf(struct scratch *s, __u32 from, __u32 to)
  * server's ingress (and the responses the other way round). Instead the
  * client's socket parses for both reporters. The client publishes its
  * connection (its cookie and first byte) in its http_endpoints entry and an
- * http_links entry; the server, at its first packet, finds that entry through
+ * http_links entry; the server, at its first call, finds that entry through
  * the same endpoint lookup that names its client, and if both started at the
  * same byte it hands the parsing over (LINK_MIRROR) and keeps only a passive
  * state (dead == DEAD_PASSIVE). The client resolves the link once, at its
@@ -702,13 +705,13 @@ static __always_inline void drop_buf(struct pscal *sc)
 	sc->carry = 0;
 }
 
-/* Does the buffer reach the end of the packet? */
+/* Does the buffer reach the end of the call? */
 static __always_inline bool buf_at_end(struct pscal *sc)
 {
 	return sc->bseg + (sc->blen - sc->carry) >= sc->end;
 }
 
-/* Keep buf[from, blen) for the next segment of this direction. */
+/* Keep buf[from, blen) for the next call of this direction. */
 GLOBAL int http_save_carry(struct pscal *sc, struct http_conn *c, struct scratch *s, __u32 from)
 {
 	struct http_carry *cv;
@@ -1478,7 +1481,7 @@ GLOBAL int http_skip_line(struct pscal *sc, struct http_conn *c, struct scratch 
 			return 0;
 		}
 		if (buf_at_end(sc)) {
-			/* the packet ends inside the line */
+			/* the call ends inside the line */
 			if (keep && http_save_carry(sc, c, s, from)) {
 				go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
 				return 0;
@@ -1512,13 +1515,44 @@ GLOBAL int http_skip_line(struct pscal *sc, struct http_conn *c, struct scratch 
 /* ---------------------------------------------------------------- the step loop */
 
 struct pctx {
-	struct __sk_buff *skb;
 	struct http_conn *c;
 	struct scratch *s;
 	struct pscal sc;
 };
 
-/* Load up to WIN bytes of the packet from off, after `carried` bytes that
+/* Copy bytes [off, off + n) of the call (n <= WIN) from the caller's buffers
+ * to buf[dst...]; 0 when all of them were read. */
+static __always_inline int uio_read(struct scratch *s, __u32 dst, __u64 off, __u32 n)
+{
+	struct uio *u = &s->uio;
+	__u32 i, done = 0;
+
+	for (i = 0; i < UIO_SEGS; i++) {
+		__u64 len, take;
+
+		if (i >= u->n || done >= n)
+			break;
+		len = u->seg[i].len;
+		if (off >= len) {
+			off -= len;
+			continue;
+		}
+		take = len - off;
+		if (take > n - done)
+			take = n - done;
+		if (take > WIN)
+			return -1;
+		/* the mask bounds the offset for the verifier: dst + done < BUF_SIZE */
+		if (bpf_probe_read_user(s->buf + ((dst + done) & (BUF_SIZE - 1)), take,
+					(const void *)(u->seg[i].base + off)))
+			return -1;
+		done += take;
+		off = 0;
+	}
+	return done == n ? 0 : -1;
+}
+
+/* Load up to WIN bytes of the call from off, after `carried` bytes that
  * are already at the start of the buffer. */
 static __always_inline int load(struct pctx *p, __u32 carried)
 {
@@ -1531,7 +1565,7 @@ static __always_inline int load(struct pctx *p, __u32 carried)
 		carried = HTTP_CARRY_MAX;
 	if (n == 0 || n > WIN)
 		return -1;
-	if (bpf_skb_load_bytes(p->skb, sc->off, p->s->buf + carried, n))
+	if (uio_read(p->s, carried, sc->off, n))
 		return -1;
 	sc->carry = carried;
 	sc->bseg = sc->off;
@@ -1651,8 +1685,8 @@ GLOBAL int http_fast_headers(struct pscal *sc, struct http_conn *c, struct scrat
 	return x.slow ? FAST_SLOW : FAST_MORE;
 }
 
-#define SCAN_STOP 0   /* parsing of this packet is over */
-#define SCAN_BODY 1   /* a body goes on past the buffer: read it from the packet */
+#define SCAN_STOP 0   /* parsing of this call is over */
+#define SCAN_BODY 1   /* a body goes on past the buffer: skip it in the call */
 #define SCAN_NEED 2   /* no complete line left in the buffer */
 #define SCAN_AGAIN 3  /* the line budget ran out: call again */
 #define SCAN_SKIP 4   /* in a long line */
@@ -1707,7 +1741,7 @@ GLOBAL int http_scan(struct pscal *sc, struct http_conn *c, struct scratch *s)
 	return SCAN_AGAIN;
 }
 
-/* One parser step: lines from the buffer, body bytes from the packet, or a
+/* One parser step: lines from the buffer, body bytes of the call, or a
  * (re)load of the buffer. 1 stops. */
 static long step(__u32 idx, struct pctx *p)
 {
@@ -1777,7 +1811,7 @@ static long step(__u32 idx, struct pctx *p)
 	n = sc->blen - sc->bpos;
 	at_end = buf_at_end(sc);
 	if (at_end && n <= HTTP_CARRY_MAX) {
-		/* the line continues in the next segment */
+		/* the line continues in the next call */
 		if (http_save_carry(sc, c, p->s, sc->bpos))
 			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
 		sc->stop = 1;
@@ -1882,10 +1916,13 @@ static __always_inline __u64 edge_of(const struct sock *sk, const struct http_ow
 		}
 	} else {
 		struct http_listen_key lk = {.netns = e.netns, .port = lport};
-
-		o = bpf_map_lookup_elem(&http_listeners, &lk);
+		/* named after the listener's owner, or else the caller (recv()) */
+		const struct http_owner *lo = bpf_map_lookup_elem(&http_listeners, &lk);
 		struct http_endpoint_key ek = {};
 		struct http_endpoint *peer;
+
+		if (lo)
+			o = lo;
 
 		e.port = lport;
 		if (o) {
@@ -1928,7 +1965,7 @@ static __always_inline __u64 edge_of(const struct sock *sk, const struct http_ow
 	return 0;
 }
 
-/* ---------------------------------------------------------------- packets */
+/* ---------------------------------------------------------------- endpoints */
 
 static __always_inline void endpoint_key(const struct sock *sk, struct http_endpoint_key *ek)
 {
@@ -1941,69 +1978,229 @@ static __always_inline void endpoint_key(const struct sock *sk, struct http_endp
 	ek->port = lport;
 }
 
-/* Does the payload at poff start like a request line? Its first (up to) 8
- * bytes in *w, its length in *plen. */
-static __always_inline bool method_start(struct __sk_buff *skb, __u32 poff, __u64 *w, __u32 *plen)
-{
-	__u32 n;
+/* ---------------------------------------------------------------- the caller's buffers */
 
-	if (skb->len <= poff)
+/* The system calls whose buffers hold a socket call's bytes, and where their
+ * arguments are in the saved registers. */
+#if defined(__TARGET_ARCH_x86)
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+#define NR_PREADV2 327
+#define NR_PWRITEV2 328
+#define SYSCALL_NR(r) ((r)->orig_ax)
+#define SYSCALL_ARG1(r) ((r)->di)
+#define SYSCALL_ARG2(r) ((r)->si)
+#define SYSCALL_ARG3(r) ((r)->dx)
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_READ 63
+#define NR_WRITE 64
+#define NR_READV 65
+#define NR_WRITEV 66
+#define NR_SENDTO 206
+#define NR_RECVFROM 207
+#define NR_SENDMSG 211
+#define NR_RECVMSG 212
+#define NR_PREADV2 286
+#define NR_PWRITEV2 287
+#define SYSCALL_NR(r) ((r)->syscallno)
+#define SYSCALL_ARG1(r) ((r)->orig_x0)
+#define SYSCALL_ARG2(r) ((r)->regs[1])
+#define SYSCALL_ARG3(r) ((r)->regs[2])
+#else
+#error "http.bpf.c: syscall registers of this architecture are not described"
+#endif
+
+#define PF_KTHREAD_FLAG 0x00200000
+#define MSG_OOB_FLAG 1
+#define MSG_TRUNC_FLAG 0x20
+
+#define TCP_RO(sk) \
+	((const struct tcp_sock *)bpf_rdonly_cast((sk), bpf_core_type_id_kernel(struct tcp_sock)))
+
+static __always_inline struct pt_regs *syscall_regs(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	if (t->flags & PF_KTHREAD_FLAG)
+		return 0;
+	return (struct pt_regs *)bpf_task_pt_regs(t);
+}
+
+/* The buffers of the system call that moved this call's `ret` bytes, from the
+ * caller's saved registers: read/write, readv/writev, recvfrom/sendto,
+ * recvmsg/sendmsg, preadv2/pwritev2. Anything else (sendfile and splice,
+ * io_uring, a kernel thread) has no buffers we can read: -1, and the call's
+ * bytes are skipped like bytes not seen. (Not inlined: off handle()'s stack.) */
+GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
+{
+	struct pt_regs *r = syscall_regs();
+	struct uio *u;
+	__u64 nr, a2, a3, iov = 0, cnt = 0, total = 0;
+	__u32 i;
+
+	if (!s)
+		return -1;
+	u = &s->uio;
+	u->n = 0;
+	if (!r)
+		return -1;
+	nr = SYSCALL_NR(r);
+	a2 = SYSCALL_ARG2(r);
+	a3 = SYSCALL_ARG3(r);
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_RECVFROM:
+	case NR_SENDTO:
+		u->seg[0].base = a2;
+		u->seg[0].len = a3;
+		u->n = 1;
+		break;
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_PREADV2:
+	case NR_PWRITEV2:
+		iov = a2;
+		cnt = a3;
+		break;
+	case NR_RECVMSG:
+	case NR_SENDMSG: {
+		__u64 m[4]; /* struct user_msghdr: name, namelen, iov, iovlen */
+
+		if (bpf_probe_read_user(m, sizeof(m), (const void *)a2))
+			return -1;
+		iov = m[2];
+		cnt = m[3];
+		break;
+	}
+	default:
+		return -1;
+	}
+	if (iov) {
+		if (cnt > UIO_SEGS)
+			cnt = UIO_SEGS;
+		if (!cnt || bpf_probe_read_user(u->seg, cnt * sizeof(struct useg), (const void *)iov))
+			return -1;
+		u->n = cnt;
+	}
+	for (i = 0; i < UIO_SEGS; i++) {
+		if (i >= u->n)
+			break;
+		total += u->seg[i].len;
+	}
+	/* buffers smaller than what the call moved: the kernel's own call on this
+	 * socket, inside the caller's system call on something else */
+	if (total < ret && u->n < UIO_SEGS) {
+		u->n = 0;
+		return -1;
+	}
+	return 0;
+}
+
+/* Is the system call's file descriptor this socket? Checked once, when a
+ * connection starts: a socket the kernel writes to inside another call (NFS
+ * under write()) is not the caller's. */
+static __always_inline bool fd_is_sock(const struct sock *sk)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = syscall_regs();
+	struct file **fds;
+	struct file *f = 0;
+	__u64 fd;
+
+	if (!r)
 		return false;
-	*plen = skb->len - poff;
-	n = *plen < 8 ? *plen : 8;
-	if (n == 0 || n > 8 || bpf_skb_load_bytes(skb, poff, w, n))
+	fd = SYSCALL_ARG1(r);
+	if (fd >= BPF_CORE_READ(t, files, fdt, max_fds))
 		return false;
+	fds = BPF_CORE_READ(t, files, fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), fds + fd) || !f)
+		return false;
+	return BPF_CORE_READ(f, private_data) == (void *)BPF_CORE_READ(sk, sk_socket);
+}
+
+/* ---------------------------------------------------------------- calls */
+
+/* Sequence number just past the bytes the application has read. A recv() that
+ * reads up to a FIN consumes the FIN too (copied_seq moves one further):
+ * the FIN arrived (SOCK_DONE) and nothing is left unread, FIN included. */
+static __always_inline __u32 read_end(const struct sock *sk, const struct tcp_sock *tp)
+{
+	__u32 end = tp->copied_seq;
+
+	if ((sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) &&
+	    end == tp->rcv_nxt)
+		end -= 1;
+	return end;
+}
+
+/* Does the call's data start like a request line? Its first (up to) 8 bytes in *w. */
+static __always_inline bool method_start(struct scratch *s, __u32 plen, __u64 *w)
+{
+	__u32 n = plen < 8 ? plen : 8;
+
+	*(__u64 *)s->buf = 0;
+	if (n == 0 || uio_read(s, 0, 0, n))
+		return false;
+	*w = *(__u64 *)s->buf;
 	return method_prefix(*w, n);
 }
 
-/* First bytes of a packet from an untracked connection: a request start?
- * Creates the connection's storage; 1 if it did. */
-GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egress)
+static __always_inline void owner_from_current(struct http_owner *o)
 {
-	struct bpf_sock *bsk, *fs;
-	struct tcp_sock *tp;
-	const struct sock *sk;
-	struct http_owner *o;
+	o->tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(o->comm, HTTP_COMM_LEN);
+}
+
+/* First bytes of a call on an untracked connection (s->uio is filled): a
+ * request start? Creates the connection's state; 1 if it did. */
+GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
+{
+	const struct sock *sk = SOCK_RO((void *)skp);
+	const struct tcp_sock *tp = TCP_RO((void *)skp);
+	struct http_owner o = {};
 	struct http_conn *c;
-	struct scratch *s;
-	__u64 w = 0;
-	__u32 plen = 0, base_resp, mlen = 0;
+	__u64 w = 0, key = skp;
+	__u32 seq, base_resp, mlen = 0, snd_base, rcv_first;
 	__u8 role = egress ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
 	struct http_endpoint *ep = 0;
 	__u64 peer_id = 0;
 	__u32 peer_seq = 0;
 	bool first, resp_known;
+	long err;
 
-	if (!skb || !method_start(skb, poff, &w, &plen))
+	if (!s || !sk || !tp || !method_start(s, plen, &w))
 		return 0;
-	bsk = skb->sk;
-	if (!bsk)
+	if (sk->__sk_common.skc_state == TCP_CLOSE || !fd_is_sock(sk))
 		return 0;
-	fs = bpf_sk_fullsock(bsk);
-	if (!fs)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(bsk);
-	if (!tp)
-		return 0;
-	sk = (const struct sock *)tp;
-	/* The connection's first data? TCP counts data bytes sent (including this
-	 * packet: egress runs after the counters moved) and received (not yet
-	 * this packet: ingress runs before TCP sees it). */
+	/* The first data byte of each direction: TCP counts the bytes acknowledged
+	 * and received since the handshake. bytes_acked includes the SYN of an
+	 * active open (its first data byte is snd_base + 1), not of a passive one
+	 * (snd_base). (An ACK processed on another CPU between the two loads can
+	 * make a first call look like a later one: it is then picked up as a
+	 * connection older than us, which costs nothing but the parse-once link.) */
+	snd_base = tp->snd_una - (__u32)tp->bytes_acked;
+	rcv_first = tp->rcv_nxt - (__u32)tp->bytes_received;
 	if (egress) {
-		first = tp->bytes_sent == plen;
-		base_resp = tp->rcv_nxt - (__u32)tp->bytes_received;
-		resp_known = true;
+		seq = tp->write_seq - plen;
+		first = seq - snd_base <= 1;
+		base_resp = tp->copied_seq;
+		resp_known = base_resp == rcv_first;
 	} else {
-		first = seq == tp->rcv_nxt && tp->bytes_received == 0;
-		base_resp = tp->snd_nxt;
-		resp_known = tp->bytes_sent == 0;
+		seq = read_end(sk, tp) - plen;
+		first = seq == rcv_first;
+		base_resp = tp->write_seq;
+		resp_known = base_resp - snd_base <= 1;
 	}
 	method_of(w, &mlen);
 	/* mid-stream (a connection older than us): a whole method token */
 	if (!first && (!mlen || plen < 16))
-		return 0;
-	s = scratch();
-	if (!s)
 		return 0;
 	c = &s->conn;
 	__builtin_memset(c, 0, sizeof(*c));
@@ -2011,11 +2208,11 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	/* a whole method and its space: HTTP from here on, and anything wrong is
 	 * counted; only a prefix ("GE"): quietly dropped if it is not HTTP */
 	c->tentative = !mlen;
-	o = egress ? bpf_sk_storage_get(&http_owners, fs, 0, 0) : 0;
-	c->edge = edge_of(sk, o, role, &c->lport, &c->rport, &peer_id, &peer_seq);
+	owner_from_current(&o);
+	c->edge = edge_of(sk, &o, role, &c->lport, &c->rport, &peer_id, &peer_seq);
 	if (!c->edge)
 		return 0;
-	c->id = bpf_get_socket_cookie(skb);
+	c->id = __sync_fetch_and_add(&http_last_id, 1) + 1;
 	c->dir[0].next_seq = seq;
 	c->dir[0].state = PS_IDLE;
 	c->dir[1].next_seq = base_resp;
@@ -2030,12 +2227,15 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 		if (ep && !bpf_map_update_elem(&http_links, &c->id, &s->link, BPF_ANY))
 			c->peer = PEER_OPEN;
 	}
-	c = bpf_sk_storage_get(&http_conns, fs, c, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
+	err = bpf_map_update_elem(&http_conns, &key, c, BPF_NOEXIST);
+	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (err || !c) {
+		/* full, or another thread of the process was first (it counts) */
+		if (!c)
+			stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
 		if (s->conn.peer)
 			bpf_map_delete_elem(&http_links, &s->conn.id);
-		return 0;
+		return err ? 0 : 1;
 	}
 	if (!egress && first && resp_known && peer_id && peer_seq == seq) {
 		/* our client is a local socket that parses these same bytes */
@@ -2056,213 +2256,86 @@ GLOBAL int http_conn_new(struct __sk_buff *skb, __u32 seq, __u32 poff, __u32 egr
 	return 1;
 }
 
-/* An IPv4 address as its v4-mapped IPv6 form (the key of http_synq). */
-static __always_inline void v4_mapped(__u8 *out, __u32 a)
+/* One send() (egress) or recv() of `ret` bytes on a TCP socket. Not inlined:
+ * the chain's tail call after it must not add to the deepest call chain's
+ * stack, which is near the verifier's 512-byte limit. */
+static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
 {
-	__u32 *w = (__u32 *)out;
-
-	w[0] = 0;
-	w[1] = 0;
-	w[2] = bpf_htonl(0xffff);
-	w[3] = a;
-}
-
-/* The key of http_synq from a packet the listener receives. */
-static __always_inline int synq_key_of_skb(struct __sk_buff *skb, struct bpf_sock *lsk,
-					   struct tcphdr *th, struct http_synq_key *k)
-{
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(lsk);
-	__u32 a[2];
-
-	if (!tp)
-		return -1;
-	k->netns = sock_netns((const struct sock *)tp);
-	if (skb->protocol == ETH_P_IP_BE) {
-		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, saddr), a, 8))
-			return -1;
-		v4_mapped(k->raddr, a[0]);
-		v4_mapped(k->laddr, a[1]);
-	} else {
-		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, saddr), k->raddr, 16) ||
-		    bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, daddr), k->laddr, 16))
-			return -1;
-	}
-	k->lport = bpf_ntohs(th->dest);
-	k->rport = bpf_ntohs(th->source);
-	return 0;
-}
-
-/* The same key from the connection's own socket (http_state). */
-static __always_inline void synq_key_of_sock(const struct sock *sk, struct http_synq_key *k)
-{
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	__u16 lport = 0, rport = 0;
-
-	k->netns = sock_netns(sk);
-	if (family == AF_INET) {
-		__u32 la = 0, ra = 0;
-
-		BPF_CORE_READ_INTO(&la, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(&ra, sk, __sk_common.skc_daddr);
-		v4_mapped(k->laddr, la);
-		v4_mapped(k->raddr, ra);
-	} else {
-		bpf_core_read(k->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(k->raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
-	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	k->lport = lport;
-	k->rport = rport;
-}
-
-/* The first data of a connection reaches its listener (it completes the
- * handshake: the client's last ACK was lost, overtaken on another CPU, or
- * dropped by TCP_DEFER_ACCEPT). Its state starts in http_synq, under an id
- * made from the addresses (the socket's cookie does not exist yet); 1 if
- * there is an entry now. */
-GLOBAL int http_synq_new(struct __sk_buff *skb, struct http_synq_key *k, __u32 seq, __u32 ack,
-			 __u32 poff)
-{
-	struct http_conn *c;
-	struct scratch *s;
-	const __u64 *w8;
-	__u64 w = 0, id = 0x452821e638d01377ULL;
-	__u32 plen = 0, mlen = 0, i;
-
-	if (!skb || !k || !method_start(skb, poff, &w, &plen))
-		return 0;
-	method_of(w, &mlen);
-	s = scratch();
-	if (!s)
-		return 0;
-	w8 = (const __u64 *)k;
-	for (i = 0; i < sizeof(*k) / 8; i++)
-		id = mix(id, w8[i]);
-	c = &s->conn;
-	__builtin_memset(c, 0, sizeof(*c));
-	c->role = HTTP_ROLE_SERVER;
-	c->tentative = !mlen;
-	c->id = id | (1ULL << 63); /* never a cookie (those count up from 1) */
-	c->dir[0].next_seq = seq;
-	c->dir[0].state = PS_IDLE;
-	c->dir[1].next_seq = ack; /* the server has sent nothing but its SYN */
-	c->dir[1].state = PS_IDLE;
-	if (bpf_map_update_elem(&http_synq, k, c, BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&http_synq, k))
-		return 0;
-	return 1;
-}
-
-/* Not inlined: the chain's tail call after it must not add to the deepest
- * call chain's stack, which is near the verifier's 512-byte limit. */
-static __noinline int handle(struct __sk_buff *skb, bool egress)
-{
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-	struct bpf_sock *bsk = skb->sk;
-	struct tcphdr *th;
+	const struct sock *sk = SOCK_RO((void *)skp);
+	const struct tcp_sock *tp;
 	struct http_conn *c;
 	struct http_dir *d;
 	struct pctx p = {};
 	struct pscal *sc = &p.sc;
-	__u32 l4off, poff, plen, seq, di;
+	__u32 plen, seq, di;
 	__s32 delta;
-	bool fin;
+	bool data;
 
-	if (!bsk)
-		return 1;
-	if (skb->protocol == ETH_P_IP_BE) {
-		struct iphdr *ip = data;
-
-		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
-			return 1;
-		l4off = ip->ihl * 4;
-	} else if (skb->protocol == ETH_P_IPV6_BE) {
-		struct ipv6hdr *ip6 = data;
-
-		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
-			return 1;
-		l4off = sizeof(*ip6);
-	} else {
-		return 1;
-	}
-	if (l4off < 20 || l4off > 60)
-		return 1;
-	th = data + l4off;
-	if ((void *)(th + 1) > data_end)
-		return 1;
-	poff = l4off + th->doff * 4;
-	fin = th->fin;
-	if (skb->len < poff)
-		return 1;
-	plen = skb->len - poff;
-	if (!plen && !fin)
-		return 1; /* a bare ACK */
-	bsk = bpf_sk_fullsock(bsk);
-	if (!bsk)
-		return 1;
-	seq = bpf_ntohl(th->seq);
-	if (bsk->state == BPF_TCP_LISTEN) {
-		/* data completing a handshake: the connection has no socket yet */
-		struct http_synq_key *k;
-
-		p.s = scratch();
-		if (!p.s || egress || !plen || th->syn)
-			return 1;
-		k = &p.s->synq;
-		__builtin_memset(k, 0, sizeof(*k));
-		if (synq_key_of_skb(skb, bsk, th, k))
-			return 1;
-		c = bpf_map_lookup_elem(&http_synq, k);
-		if (!c) {
-			if (!http_synq_new(skb, k, seq, bpf_ntohl(th->ack_seq), poff))
-				return 1;
-			c = bpf_map_lookup_elem(&http_synq, k);
-			if (!c)
-				return 1;
-		}
-	} else {
-		c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
-		if (!c) {
-			if (!plen || !http_conn_new(skb, seq, poff, egress))
-				return 1;
-			c = bpf_sk_storage_get(&http_conns, bsk, 0, 0);
-			if (!c)
-				return 1;
-		}
-	}
-	if (c->dead)
-		return 1;
+	if (ret < 0 || !sk || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (!egress && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG)))
+		return 0; /* bytes TCP reads again later, or never copies */
+	plen = ret;
 	p.s = scratch();
 	if (!p.s)
-		return 1;
+		return 0;
+	p.s->key = skp;
+	c = bpf_map_lookup_elem(&http_conns, &p.s->key);
+	if (!c) {
+		if (!plen || http_uio_fill(p.s, plen) || !http_conn_new(skp, plen, egress, p.s))
+			return 0;
+		p.s->key = skp;
+		c = bpf_map_lookup_elem(&http_conns, &p.s->key);
+		if (!c)
+			return 0;
+		data = true;
+	} else {
+		if (c->dead)
+			return 0;
+		data = plen && !http_uio_fill(p.s, plen);
+	}
+	if (c->dead)
+		return 0;
+	tp = TCP_RO((void *)skp);
+	if (!tp)
+		return 0;
+	/* the call's first byte: TCP has moved its counter past all of them */
+	seq = (egress ? tp->write_seq : read_end(sk, tp)) - plen;
 	di = (c->role == HTTP_ROLE_CLIENT) == egress ? 0 : 1;
 	d = &c->dir[di];
-	p.skb = skb;
 	p.c = c;
 	sc->now = bpf_ktime_get_ns();
 	sc->id = c->id;
 	sc->di = di;
-	sc->off = poff;
-	sc->end = poff + plen;
+	sc->off = 0;
+	sc->end = plen;
 	if (d->state == PS_UNSYNCED) {
-		/* a response can only be trusted from a segment that starts one */
-		__u64 w = 0;
+		/* a response can only be trusted from a call that starts one */
+		__u64 w;
 
-		if (plen < 8 || bpf_skb_load_bytes(skb, poff, &w, 8) ||
-		    (w & 0xffffffffffffffULL) != STR8('H', 'T', 'T', 'P', '/', '1', '.', 0) ||
+		if (!data || plen < 8 || uio_read(p.s, 0, 0, 8))
+			return 0;
+		w = ld64(p.s->buf, 0);
+		if ((w & 0xffffffffffffffULL) != STR8('H', 'T', 'T', 'P', '/', '1', '.', 0) ||
 		    !c->count)
-			return 1;
+			return 0;
 		d->next_seq = seq;
 		d->state = PS_IDLE;
 	}
+	if (!data) {
+		/* bytes we cannot read (sendfile, io_uring): like bytes not seen */
+		seq += plen;
+		sc->off = sc->end;
+		if ((__s32)(seq - d->next_seq) <= 0)
+			return 0;
+	}
 	delta = (__s32)(seq - d->next_seq);
 	if (delta < 0) {
-		/* retransmitted or overlapping: parse only the new bytes */
+		/* already parsed (a call racing another thread's): only the new bytes */
 		__u32 old = (__u32)(-delta);
 
 		if (old >= plen)
-			return 1;
+			return 0;
 		sc->off += old;
 		seq += old;
 		delta = 0;
@@ -2273,15 +2346,21 @@ static __noinline int handle(struct __sk_buff *skb, bool egress)
 		    d->remaining >= (__u64)delta) {
 			d->remaining -= delta;
 			add_body(sc, c, delta);
+			if (d->remaining == 0 && !data) {
+				if (d->state == PS_CHUNK_DATA)
+					d->state = PS_CHUNK_END;
+				else
+					message_done(sc, c);
+			}
 		} else if (d->state == PS_EOF) {
 			add_body(sc, c, delta);
 		} else if (d->state != PS_OPAQUE) {
 			go_dead(sc, c, HTTP_STAT_GAP);
-			return 1;
+			return 0;
 		}
 	}
 	d->next_seq = seq + (sc->end - sc->off);
-	if (sc->end > sc->off)
+	if (plen)
 		d->last_ns = sc->now;
 	if (d->flags & DF_CARRY) {
 		/* the start of a split line waits in http_carry */
@@ -2292,7 +2371,7 @@ static __noinline int handle(struct __sk_buff *skb, bool egress)
 		d->flags &= ~DF_CARRY;
 		if (!cv) {
 			go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
-			return 1;
+			return 0;
 		}
 		clen = cv->len;
 		if (clen > HTTP_CARRY_MAX)
@@ -2302,53 +2381,53 @@ static __noinline int handle(struct __sk_buff *skb, bool egress)
 			bpf_map_delete_elem(&http_carry, &ck);
 			if (load(&p, clen)) {
 				go_dead(sc, c, HTTP_STAT_HEADERS_TOO_BIG);
-				return 1;
+				return 0;
 			}
 		} else {
-			d->flags |= DF_CARRY; /* nothing new (a bare FIN): keep it */
+			d->flags |= DF_CARRY; /* nothing new: keep it */
 		}
 	}
 	if (sc->end > sc->off || sc->blen)
 		bpf_loop(MAX_STEPS, step, &p, 0);
 	if (!c->dead && !sc->stop && (sc->off < sc->end || (sc->blen && sc->bpos < sc->blen)))
 		go_dead(sc, c, HTTP_STAT_TOO_COMPLEX);
-	/* a response delimited by the connection's end */
-	if (fin && !c->dead && di == 1 && d->state == PS_EOF) {
+	/* a response delimited by the connection's end: recv() returned 0 */
+	if (!egress && !plen && !c->dead && di == 1 && d->state == PS_EOF) {
 		sc->now = d->last_ns ? d->last_ns : sc->now;
 		response_done(sc, c);
 	}
-	return 1;
+	return 0;
 }
 
-SEC("cgroup_skb/egress")
-int http_egress(struct __sk_buff *skb)
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 {
 	__u32 *d = depth_enter();
 
-	handle(skb, true);
+	handle((__u64)sk, ret, flags, true);
 	depth_leave(d);
-	SKBCHAIN_NEXT_EGRESS(skb);
-	return 1;
+	SOCKCHAIN_NEXT_TCP(ctx, sockchain_send_progs);
+	return 0;
 }
 
-SEC("cgroup_skb/ingress")
-int http_ingress(struct __sk_buff *skb)
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 {
 	__u32 *d = depth_enter();
 
-	handle(skb, false);
+	handle((__u64)sk, ret, flags, false);
 	depth_leave(d);
-	SKBCHAIN_NEXT_INGRESS(skb);
-	return 1;
+	SOCKCHAIN_NEXT_TCP(ctx, sockchain_recv_progs);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- lifecycle */
 
 /* The connection ends: a response delimited by it ends too; requests still
  * waiting for an answer are counted as such. */
-static __always_inline void conn_close(struct sock *sk)
+static __always_inline void conn_close(__u64 key)
 {
-	struct http_conn *c = bpf_sk_storage_get(&http_conns, sk, 0, 0);
+	struct http_conn *c = bpf_map_lookup_elem(&http_conns, &key);
 	struct pscal sc = {};
 	__u64 ck;
 
@@ -2360,7 +2439,7 @@ static __always_inline void conn_close(struct sock *sk)
 		sc.id = c->id;
 		sc.di = 1;
 		if (d->state == PS_EOF && c->count && !(d->flags & DF_UNMATCHED)) {
-			/* a response delimited by the connection's end, without a FIN seen */
+			/* a response delimited by the connection's end, not read to its end */
 			sc.now = d->last_ns ? d->last_ns : bpf_ktime_get_ns();
 			http_record(&sc, c, REC_RESPONSE);
 		}
@@ -2378,68 +2457,12 @@ static __always_inline void conn_close(struct sock *sk)
 	bpf_map_delete_elem(&http_carry, &ck);
 	ck = c->id * 2 + 1;
 	bpf_map_delete_elem(&http_carry, &ck);
-	if (!bpf_sk_storage_delete(&http_conns, sk))
+	if (!bpf_map_delete_elem(&http_conns, &key))
 		stat_add(&http_stats, HTTP_STAT_LIVE, -1);
 }
 
-/* The server's socket of a connection whose first request came with its
- * handshake is established: its state moves from http_synq into the socket. */
-static __always_inline void synq_adopt(struct sock *sk)
-{
-	struct http_synq_key k = {};
-	struct http_conn *v, *c = 0;
-	__u16 lport = 0, rport = 0;
-	__u64 edge, ck, peer_id = 0;
-	__u32 peer_seq = 0;
-
-	synq_key_of_sock(sk, &k);
-	v = bpf_map_lookup_elem(&http_synq, &k);
-	if (!v)
-		return;
-	edge = edge_of(sk, 0, HTTP_ROLE_SERVER, &lport, &rport, &peer_id, &peer_seq);
-	if (edge) {
-		c = bpf_sk_storage_get(&http_conns, sk, v, BPF_SK_STORAGE_GET_F_CREATE);
-		if (c) {
-			c->edge = edge;
-			c->lport = lport;
-			c->rport = rport;
-			stat_add(&http_stats, HTTP_STAT_LIVE, 1);
-		} else {
-			stat_add(&http_stats, HTTP_STAT_CONNS_FULL, 1);
-		}
-	}
-	if (!c) {
-		drop_pending(v);
-		ck = v->id * 2;
-		bpf_map_delete_elem(&http_carry, &ck);
-		ck = v->id * 2 + 1;
-		bpf_map_delete_elem(&http_carry, &ck);
-	}
-	bpf_map_delete_elem(&http_synq, &k);
-}
-
-static __always_inline void owner_from_current(struct http_owner *o)
-{
-	o->tgid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(o->comm, HTTP_COMM_LEN);
-}
-
-static __always_inline void state_change(struct sock *sk, int oldstate, int newstate);
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(http_state, struct sock *sk, int oldstate, int newstate)
-{
-	__u32 *d;
-
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	d = depth_enter();
-	state_change(sk, oldstate, newstate);
-	depth_leave(d);
-	return 0;
-}
-
-static __always_inline void state_change(struct sock *sk, int oldstate, int newstate)
+static __always_inline void state_change(__u64 key, const struct sock *sk, int oldstate,
+					 int newstate)
 {
 	if (newstate == TCP_LISTEN) {
 		struct http_listen_key k = {.netns = sock_netns(sk),
@@ -2457,16 +2480,13 @@ static __always_inline void state_change(struct sock *sk, int oldstate, int news
 		}
 	} else if (newstate == TCP_SYN_SENT) {
 		/* connect(): the caller owns the socket */
-		struct http_owner *o = bpf_sk_storage_get(&http_owners, sk, 0,
-							  BPF_SK_STORAGE_GET_F_CREATE);
+		struct http_owner o = {};
 
-		if (o)
-			owner_from_current(o);
-	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
-		synq_adopt(sk);
+		owner_from_current(&o);
+		bpf_map_update_elem(&http_owners, &key, &o, BPF_ANY);
 	} else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
 		/* the local end is bound now: the server side looks its client up here */
-		struct http_owner *o = bpf_sk_storage_get(&http_owners, sk, 0, 0);
+		struct http_owner *o = bpf_map_lookup_elem(&http_owners, &key);
 		struct http_endpoint_key ek = {};
 		struct http_endpoint ep = {};
 
@@ -2479,15 +2499,32 @@ static __always_inline void state_change(struct sock *sk, int oldstate, int news
 		}
 		bpf_map_update_elem(&http_endpoints, &ek, &ep, BPF_ANY);
 	} else if (newstate == TCP_CLOSE) {
-		conn_close(sk);
-		if (oldstate != TCP_SYN_SENT && bpf_sk_storage_get(&http_owners, sk, 0, 0)) {
-			struct http_endpoint_key ek = {};
+		conn_close(key);
+		if (bpf_map_lookup_elem(&http_owners, &key)) {
+			if (oldstate != TCP_SYN_SENT) {
+				struct http_endpoint_key ek = {};
 
-			endpoint_key(sk, &ek);
-			if (ek.port)
-				bpf_map_delete_elem(&http_endpoints, &ek);
+				endpoint_key(sk, &ek);
+				if (ek.port)
+					bpf_map_delete_elem(&http_endpoints, &ek);
+			}
+			bpf_map_delete_elem(&http_owners, &key);
 		}
 	}
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(http_state, struct sock *skp, int oldstate, int newstate)
+{
+	const struct sock *sk = SOCK_RO(skp);
+	__u32 *d;
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	d = depth_enter();
+	state_change((__u64)skp, sk, oldstate, newstate);
+	depth_leave(d);
+	return 0;
 }
 
 /* Ring buffer records and values only used through pointers: name the types

@@ -3,16 +3,6 @@
 #include "meshlens.bpf.h"
 #include "sockchain.h"
 
-struct sockchain_array {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, SOCKCHAIN_SLOTS);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
-};
-
-struct sockchain_array sockchain_send_progs SEC(".maps");
-struct sockchain_array sockchain_recv_progs SEC(".maps");
-
 /* Constant indexes: the verifier turns each tail call into a direct jump. An
  * empty slot falls through. */
 static __always_inline int dispatch(void *ctx, void *progs, const struct sock *sk)
@@ -23,8 +13,10 @@ static __always_inline int dispatch(void *ctx, void *progs, const struct sock *s
 	if (!s)
 		return 0;
 	proto = s->sk_protocol;
-	if (proto == IPPROTO_TCP)
+	if (proto == IPPROTO_TCP) {
+		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP_APP);
 		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP);
+	}
 	else if (proto == IPPROTO_UDP)
 		bpf_tail_call(ctx, progs, SOCKCHAIN_UDP);
 	return 0;

@@ -1,24 +1,42 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /* The socket send/recv chain: one raw_tp program per tracepoint
  * (sock_send_length, sock_recv_length) for the whole agent, which jumps by tail
- * call to the probe that accounts the socket's protocol.
+ * call to the probes that account the socket's protocol.
  *
  * Why: every program on a tracepoint is reached by an indirect call (a
  * retpoline here); tcpflow and udpflow on the same two tracepoints made every
  * send() and recv() of every socket pay two, and run the other protocol's
  * early return. The dispatcher pays one and reads the protocol once.
  *
- * Members are ordinary raw_tp programs (they still return early for a
- * protocol not theirs, so a probe that finds its slot taken attaches them on
- * its own); the loader (src/meshlens/probes/sockchain.py) puts them in the
- * slot of their protocol. */
+ * A TCP socket's call runs the TCP_APP member first (http), which ends with
+ * SOCKCHAIN_NEXT_TCP() into the TCP member (tcpflow); with no TCP_APP member
+ * the dispatcher jumps to TCP directly. Members are ordinary raw_tp programs
+ * (they still return early for a protocol not theirs, so a probe that finds
+ * its slot taken attaches them on its own); the loader
+ * (src/meshlens/probes/sockchain.py) puts them in the slot of their protocol
+ * and shares the chain's arrays with a member that continues the chain. */
 #ifndef MESHLENS_SOCKCHAIN_H
 #define MESHLENS_SOCKCHAIN_H
 
 enum sockchain_slot {
 	SOCKCHAIN_TCP = 0,
 	SOCKCHAIN_UDP = 1,
-	SOCKCHAIN_SLOTS = 2,
+	SOCKCHAIN_TCP_APP = 2, /* runs before SOCKCHAIN_TCP */
+	SOCKCHAIN_SLOTS = 3,
 };
+
+struct sockchain_array {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SOCKCHAIN_SLOTS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+};
+
+struct sockchain_array sockchain_send_progs SEC(".maps");
+struct sockchain_array sockchain_recv_progs SEC(".maps");
+
+/* A TCP_APP member's last step: the TCP member, if any (a constant index: the
+ * verifier makes it a direct jump). */
+#define SOCKCHAIN_NEXT_TCP(ctx, array) bpf_tail_call(ctx, &array, SOCKCHAIN_TCP)
 
 #endif /* MESHLENS_SOCKCHAIN_H */

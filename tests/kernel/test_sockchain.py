@@ -28,8 +28,13 @@ def test_agent_runs_one_program_per_send_recv_tracepoint(make_agent: Any) -> Non
     chain = sockchain.current()
     assert chain is not None
     assert own_links(chain) == set(SOCK_IO)
-    assert chain.seated == {sockchain.Slot.TCP: "tcpflow", sockchain.Slot.UDP: "udpflow"}
-    for probe in (agent.tcp, agent.udp):
+    assert chain.seated == {
+        sockchain.Slot.TCP: "tcpflow",
+        sockchain.Slot.UDP: "udpflow",
+        sockchain.Slot.TCP_APP: "http",  # first on TCP calls, then tcpflow
+    }
+    http = next(f.probe for f in agent.features if f.probe.name == "http")
+    for probe in (agent.tcp, agent.udp, http):
         assert not own_links(probe) & set(SOCK_IO)  # they run behind the chain
         assert any("sockchain[" in t for t in probe.status.attached), probe.status.attached
     agent.stop()

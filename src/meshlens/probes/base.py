@@ -155,6 +155,8 @@ class Probe:
             from .skbchain import Membership
 
             self.membership = Membership(self)
+        if self._take_seat() and self.seat:
+            self.seat.share_arrays(self)
         self.obj.load()
         self.loaded()
         self.attach()

@@ -1,9 +1,9 @@
 """HTTP/1.x request metrics (bpf/http.bpf.c): request and status lines parsed
-from the packets of local TCP sockets by cgroup_skb on the cgroup-v2 root,
-responses matched to requests per connection in the kernel and counted there per
-(edge, route, status, method) with Envoy's duration buckets and Istio's size
-buckets. A rate-limited ring buffer of samples feeds `meshlens trace http`.
-See docs/http.md."""
+from the bytes of every TCP send()/recv(), read from the caller's own buffers at
+the socket tracepoints (behind the socket chain); responses matched to requests
+per connection in the kernel and counted there per (edge, route, status,
+method) with Envoy's duration buckets and Istio's size buckets. A rate-limited
+ring buffer of samples feeds `meshlens trace http`. See docs/http.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import enum
 import numpy as np
 
 from ..layout import Layout, layout
-from .base import CgroupProbe
+from .base import Probe
+from .sockchain import Slot
 
 CONNS_MAP = "http_conns"
 EDGES_MAP = "http_edges"
@@ -162,9 +163,10 @@ EDGE_ID_DTYPE = np.dtype("<u8")
 ROUTE_ID_DTYPE = np.dtype("<u4")
 
 
-class HttpProbe(CgroupProbe):
-    """cgroup_skb programs on the cgroup-v2 root, plus a BTF tracepoint
-    (inet_sock_set_state) for socket owners and connection ends."""
+class HttpProbe(Probe):
+    """raw_tp programs behind the socket chain on every TCP send()/recv(), which
+    read the call's bytes from the caller's buffers, plus inet_sock_set_state for
+    socket owners and connection ends (bpf/http.bpf.c, docs/http.md)."""
 
     name = "http"
     layouts: tuple[Layout, ...] = (EDGE, AGG_KEY, AGG, SAMPLE, ROUTE)
@@ -188,10 +190,8 @@ class HttpProbe(CgroupProbe):
         self.samples_per_second = samples_per_second
         self.ringbuf_bytes = ringbuf_bytes
 
-    # tp_btf works on this kernel; where the tracing program type is refused, run
-    # on the packet programs alone (no owner of connect()/listen(), no finalising
-    # at close: see docs/http.md).
-    optional_programs = ("http_state",)
+    # first on a TCP socket's calls, then tcpflow (bpf/sockchain.h)
+    sockchain_slot = Slot.TCP_APP
 
     def configure(self) -> None:
         assert self.obj

@@ -25,6 +25,7 @@ class Slot(enum.IntEnum):
 
     TCP = 0
     UDP = 1
+    TCP_APP = 2  # runs first on a TCP socket's calls, then jumps to TCP
 
 
 def array_name(direction: str) -> str:
@@ -81,6 +82,15 @@ class Seat:
             return None
         chain.seated[probe.sockchain_slot] = probe.name
         return cls(chain, probe.sockchain_slot, programs)
+
+    def share_arrays(self, probe: Probe) -> None:
+        """Before load: a member that continues the chain (SOCKCHAIN_NEXT_TCP) jumps
+        through the chain's own arrays, not copies of them."""
+        assert probe.obj
+        for direction in TRACEPOINTS.values():
+            name = array_name(direction)
+            if name in probe.obj.maps:
+                probe.obj.maps[name].reuse_fd(self.chain.map(name).fd)
 
     def fill(self, probe: Probe) -> list[str]:
         """Put the probe's programs in its slot: from now on they run; their targets."""
