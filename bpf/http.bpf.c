@@ -1602,6 +1602,22 @@ struct fh_ctx {
 	__u32 slow; /* stopped at a line that matters */
 };
 
+/* Is the header line at buf[ls, lf) one the parser needs: Content-Length,
+ * Transfer-Encoding, or (sampling) Host? Its first nine bytes decide (the
+ * other Content-* and Connection lines, the commonest, are skipped). */
+static __always_inline bool needed_line(struct scratch *s, __u32 ls, __u32 lf)
+{
+	__u64 w = ld64(s->buf, ls) | LC;
+	__u8 c8 = ld8(s->buf, ls + 8) | 0x20;
+
+	if (lf > ls + 15 && w == STR8('c', 'o', 'n', 't', 'e', 'n', 't', '-') && c8 == 'l')
+		return true;
+	if (lf > ls + 18 && w == STR8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') && c8 == '-')
+		return true;
+	return sample_interval_ns && lf > ls + 5 &&
+	       (w & 0xffffffffffULL) == STR8('h', 'o', 's', 't', ':', 0, 0, 0);
+}
+
 /* One word of fast header skipping (a bpf_loop callback: the verifier checks
  * it once, not once per word). Eight bytes hold at most eight line ends. */
 static __always_inline long fh_one_word(struct fh_ctx *x)
@@ -1618,15 +1634,12 @@ static __always_inline long fh_one_word(struct fh_ctx *x)
 #define FH_ONE                                                                           \
 	do {                                                                             \
 		__u32 p;                                                                 \
-		__u8 c0;                                                                 \
                                                                                          \
 		if (!m)                                                                  \
 			goto out;                                                        \
 		p = (i + low_byte(m)) & (BUF_SIZE - 1);                                  \
 		m &= m - 1;                                                              \
-		c0 = ld8(x->s->buf, ls) | 0x20;                                          \
-		if (p <= ls + 1 || c0 == 'c' || c0 == 't' ||                             \
-		    (sample_interval_ns && c0 == 'h')) {                                 \
+		if (p <= ls + 1 || needed_line(x->s, ls, p)) {                           \
 			x->ls = ls; /* the empty line, or one that matters */            \
 			x->slow = 1;                                                     \
 			return 1;                                                        \
@@ -2037,11 +2050,44 @@ static __always_inline struct pt_regs *syscall_regs(void)
  * recvmsg/sendmsg, preadv2/pwritev2. Anything else (sendfile and splice,
  * io_uring, a kernel thread) has no buffers we can read: -1, and the call's
  * bytes are skipped like bytes not seen. (Not inlined: off handle()'s stack.) */
+#define CALL_NONE 0   /* no user buffers */
+#define CALL_BUF 1    /* one buffer: *a = address, *b = length */
+#define CALL_IOV 2    /* an iovec array: *a = address, *b = count */
+
+/* What the saved registers say the system call's buffers are. */
+static __always_inline int call_buffers(struct pt_regs *r, __u64 *a, __u64 *b)
+{
+	__u64 m[4]; /* struct user_msghdr: name, namelen, iov, iovlen */
+
+	*a = SYSCALL_ARG2(r);
+	*b = SYSCALL_ARG3(r);
+	switch (SYSCALL_NR(r)) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_RECVFROM:
+	case NR_SENDTO:
+		return CALL_BUF;
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_PREADV2:
+	case NR_PWRITEV2:
+		return CALL_IOV;
+	case NR_RECVMSG:
+	case NR_SENDMSG:
+		if (bpf_probe_read_user(m, sizeof(m), (const void *)*a))
+			return CALL_NONE;
+		*a = m[2];
+		*b = m[3];
+		return CALL_IOV;
+	}
+	return CALL_NONE;
+}
+
 GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 {
 	struct pt_regs *r = syscall_regs();
 	struct uio *u;
-	__u64 nr, a2, a3, iov = 0, cnt = 0, total = 0;
+	__u64 a = 0, b = 0, total = 0;
 	__u32 i;
 
 	if (!s)
@@ -2050,44 +2096,21 @@ GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 	u->n = 0;
 	if (!r)
 		return -1;
-	nr = SYSCALL_NR(r);
-	a2 = SYSCALL_ARG2(r);
-	a3 = SYSCALL_ARG3(r);
-	switch (nr) {
-	case NR_READ:
-	case NR_WRITE:
-	case NR_RECVFROM:
-	case NR_SENDTO:
-		u->seg[0].base = a2;
-		u->seg[0].len = a3;
+	switch (call_buffers(r, &a, &b)) {
+	case CALL_BUF:
+		u->seg[0].base = a;
+		u->seg[0].len = b;
 		u->n = 1;
 		break;
-	case NR_READV:
-	case NR_WRITEV:
-	case NR_PREADV2:
-	case NR_PWRITEV2:
-		iov = a2;
-		cnt = a3;
-		break;
-	case NR_RECVMSG:
-	case NR_SENDMSG: {
-		__u64 m[4]; /* struct user_msghdr: name, namelen, iov, iovlen */
-
-		if (bpf_probe_read_user(m, sizeof(m), (const void *)a2))
+	case CALL_IOV:
+		if (b > UIO_SEGS)
+			b = UIO_SEGS;
+		if (!b || bpf_probe_read_user(u->seg, b * sizeof(struct useg), (const void *)a))
 			return -1;
-		iov = m[2];
-		cnt = m[3];
+		u->n = b;
 		break;
-	}
 	default:
 		return -1;
-	}
-	if (iov) {
-		if (cnt > UIO_SEGS)
-			cnt = UIO_SEGS;
-		if (!cnt || bpf_probe_read_user(u->seg, cnt * sizeof(struct useg), (const void *)iov))
-			return -1;
-		u->n = cnt;
 	}
 	for (i = 0; i < UIO_SEGS; i++) {
 		if (i >= u->n)
@@ -2399,13 +2422,60 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
 	return 0;
 }
 
+/* Does this call need handle()? Most do not, and answer here without the
+ * scratch: a call that failed or peeked, one on the server side of a
+ * connection whose client parses for it, one on a TCP socket that is not HTTP
+ * (its first bytes are not a method: read straight from the first buffer). Not
+ * inlined: its stack is not on the parser's deepest call chain. */
+static __noinline bool wants_handle(__u64 skp, int ret, int flags, bool egress)
+{
+	const struct sock *sk = SOCK_RO((void *)skp);
+	struct pt_regs *r;
+	struct http_conn *c;
+	__u64 key = skp, a = 0, b = 0, w = 0, seg[2];
+	__u32 n;
+
+	if (ret < 0 || (!egress && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
+		return false;
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return false;
+	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (c)
+		return !c->dead;
+	if (ret == 0)
+		return false;
+	r = syscall_regs();
+	if (!r)
+		return false;
+	switch (call_buffers(r, &a, &b)) {
+	case CALL_BUF:
+		break;
+	case CALL_IOV:
+		if (!b || bpf_probe_read_user(seg, sizeof(seg), (const void *)a))
+			return false;
+		a = seg[0];
+		b = seg[1];
+		break;
+	default:
+		return false;
+	}
+	n = ret < 8 ? ret : 8;
+	if (b < n)
+		n = b; /* a first buffer this short: the prefix decides, handle() the rest */
+	if (n == 0 || n > 8 || bpf_probe_read_user(&w, n, (const void *)a))
+		return false;
+	return method_prefix(w, n);
+}
+
 SEC("raw_tp/sock_send_length")
 int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 {
-	__u32 *d = depth_enter();
+	if (wants_handle((__u64)sk, ret, flags, true)) {
+		__u32 *d = depth_enter();
 
-	handle((__u64)sk, ret, flags, true);
-	depth_leave(d);
+		handle((__u64)sk, ret, flags, true);
+		depth_leave(d);
+	}
 	SOCKCHAIN_NEXT_TCP(ctx, sockchain_send_progs);
 	return 0;
 }
@@ -2413,10 +2483,12 @@ int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 SEC("raw_tp/sock_recv_length")
 int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 {
-	__u32 *d = depth_enter();
+	if (wants_handle((__u64)sk, ret, flags, false)) {
+		__u32 *d = depth_enter();
 
-	handle((__u64)sk, ret, flags, false);
-	depth_leave(d);
+		handle((__u64)sk, ret, flags, false);
+		depth_leave(d);
+	}
 	SOCKCHAIN_NEXT_TCP(ctx, sockchain_recv_progs);
 	return 0;
 }

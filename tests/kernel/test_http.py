@@ -378,11 +378,21 @@ def test_many_concurrent_connections(http_agent: Agent, http_lab: Lab) -> None:
     plan = [{"method": "GET", "path": "/s/200/3000/2", "count": 211},
             {"method": "GET", "path": "/s/503/17/1/c", "count": 97},
             {"method": "POST", "path": "/s/201/5/0", "body": 100, "count": 101}]  # fmt: skip
+    probe = http_feature(http_agent).probe
+    followed = probe.map("http_conns").lookup_batch()[2]
+    live = probe.stats()[Stat.LIVE]
     result = run_client(cli, srv.addr, port, plan, "--connections", "150", "--threads", "150")
     truth = expected(plan, result)
     series = wait_counts(http_agent, {srv.name, cli.name}, 409)
     assert_exact(series, truth)
     proc.terminate()
+    proc.wait(timeout=10)
+    # every connection's state is gone with its socket (both ends closed)
+    deadline = time.monotonic() + 5
+    while probe.map("http_conns").lookup_batch()[2] != followed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert probe.map("http_conns").lookup_batch()[2] == followed
+    assert probe.stats()[Stat.LIVE] == live
 
 
 def test_routes_templated_and_bounded(make_agent: Any, http_lab: Lab) -> None:
