@@ -354,7 +354,9 @@ def main() -> int:
             for mode in order:
                 agent = start_agent(mode)
                 try:
-                    time.sleep(1)
+                    # steady state: the agent's first refresh (it names every
+                    # socket of the host once) is over before the run
+                    time.sleep(2.5 if agent else 1)
                     res = one_run(cli, url, args, agent)
                 finally:
                     stop_agent(agent)

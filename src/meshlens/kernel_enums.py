@@ -29,6 +29,11 @@ def _enums() -> dict[str, dict[int, str]]:
     return out
 
 
+def load() -> None:
+    """Parse the enums now (the agent does it in a thread at start-up)."""
+    _enums()
+
+
 def _enum(name: str, prefix: str) -> dict[int, str]:
     return _enums().get(name, {})
 
