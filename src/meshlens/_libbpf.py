@@ -447,16 +447,16 @@ class Map:
         return ks, vs, n
 
     def percpu_sums(self) -> list[int]:
-        """Sum each slot of a PERCPU_ARRAY of u64 over all CPUs (mod 2**64)."""
+        """Sum each slot of a PERCPU_ARRAY of u64 over all CPUs (mod 2**64), read
+        in one batch (one syscall, not one per slot)."""
         ncpu = num_possible_cpus()
-        sums = []
-        for i in range(self.max_entries):
-            raw = self.lookup(i.to_bytes(4, "little"))
-            total = 0
-            if raw:
-                for c in range(ncpu):
-                    total += int.from_bytes(raw[c * 8 : c * 8 + 8], "little")
-            sums.append(total % (1 << 64))
+        keys, vals, n = self.lookup_batch(chunk=self.max_entries)
+        sums = [0] * self.max_entries
+        for j in range(n):
+            i = int.from_bytes(keys[j * 4 : j * 4 + 4], "little")
+            row = memoryview(vals)[j * ncpu * 8 : (j + 1) * ncpu * 8].cast("Q")
+            if i < len(sums):
+                sums[i] = sum(row) % (1 << 64)
         return sums
 
 

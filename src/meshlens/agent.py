@@ -169,10 +169,17 @@ class Agent:
         self._poller.start()
         self._accountant = threading.Thread(target=self._account_loop, name="account", daemon=True)
         self._accountant.start()
-        # The drop and reset reason names come from the kernel's BTF (~0.1 s of
-        # parsing): now, beside start-up, not in the refresh that first sees a drop.
-        threading.Thread(target=kernel_enums.load, name="kernel-enums", daemon=True).start()
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         return self.statuses
+
+    def _warm_up(self) -> None:
+        """What naming needs once, read now, beside start-up, rather than in the
+        refresh that first needs it, where it stalls under load: the kernel's
+        drop/reset reason names (~0.1 s of BTF parsing) and the local addresses
+        of every network namespace (`ip addr` in each)."""
+        kernel_enums.load()
+        with self._lock:
+            self.identity.addresses(force=True)
 
     def _start_features(self) -> None:
         from .features import features

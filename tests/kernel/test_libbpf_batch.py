@@ -31,3 +31,23 @@ def test_lookup_batch_reads_each_entry_once(chunk: int | None) -> None:
             assert dict(ours) == {i: i % 251 for i in range(n)}
     finally:
         probe.close()
+
+
+def test_percpu_sums_add_every_cpu_of_every_slot() -> None:
+    """One batch read of a PERCPU_ARRAY gives each slot's sum over all CPUs."""
+    from meshlens import _libbpf
+
+    probe = UdpFlowProbe()
+    probe.start()
+    probe.detach()  # its programs must not count while we look
+    try:
+        m = probe.map("udpflow_stats")
+        ncpu = _libbpf.num_possible_cpus()
+        want = []
+        for slot in range(m.max_entries):
+            per_cpu = [(slot + 1) * 1000 + cpu for cpu in range(ncpu)]
+            m.update(slot.to_bytes(4, "little"), b"".join(v.to_bytes(8, "little") for v in per_cpu))
+            want.append(sum(per_cpu))
+        assert m.percpu_sums() == want
+    finally:
+        probe.close()
