@@ -354,8 +354,10 @@ def main() -> int:
             for mode in order:
                 agent = start_agent(mode)
                 try:
-                    # steady state: the agent's first refresh (it names every
-                    # socket of the host once) is over before the run
+                    # steady state: the agent has named this traffic's sockets and
+                    # hosts (its first refreshes read every netns's addresses, once)
+                    # before the measured run
+                    cli.run("wrk", "-t1", "-c4", "-d1s", url, timeout=60)
                     time.sleep(2.5 if agent else 1)
                     res = one_run(cli, url, args, agent)
                 finally:

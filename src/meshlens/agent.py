@@ -175,11 +175,8 @@ class Agent:
     def _warm_up(self) -> None:
         """What naming needs once, read now, beside start-up, rather than in the
         refresh that first needs it, where it stalls under load: the kernel's
-        drop/reset reason names (~0.1 s of BTF parsing) and the local addresses
-        of every network namespace (`ip addr` in each)."""
+        drop/reset reason names (~0.1 s of BTF parsing)."""
         kernel_enums.load()
-        with self._lock:
-            self.identity.addresses(force=True)
 
     def _start_features(self) -> None:
         from .features import features
