@@ -214,10 +214,10 @@ def in_cgroup(host: Host, *cmd: str) -> list[str]:
 
 
 def scoped(args: argparse.Namespace) -> int:
-    """The floor of any per-packet (cgroup_skb) design: A/B pairs, a program per
-    direction that only returns, attached to a cgroup of nginx and wrk. (The http
-    programs themselves were measured this way while they were cgroup_skb
-    programs; they now run at the socket calls, docs/http.md.)"""
+    """Kernel cost alone, A/B pairs with the programs attached and detached between
+    runs (loaded once, no agent process): the floor of any per-packet (cgroup_skb)
+    design (a program per direction that only returns, attached to a cgroup of
+    nginx and wrk), or the http probe's own programs."""
     from meshlens import _libbpf
     from meshlens.probes import skbchain
     from meshlens.probes.base import cgroup2_root, objects_dir
@@ -251,6 +251,39 @@ def scoped(args: argparse.Namespace) -> int:
         def close(self) -> None:
             self.obj.close()
 
+    class HttpAlone:
+        """The http probe alone, loaded once, attached by itself (no socket chain,
+        no agent process, so no user-space work in the runs) and detached between
+        them: the kernel cost of the parsing. Its tracepoints are the host's, not
+        the cgroup's; nothing else runs here during the pairs."""
+
+        def __init__(self) -> None:
+            from meshlens.probes.http import HttpProbe
+
+            self.probe = HttpProbe()
+            self.probe.chain_member = False  # its own raw_tp programs, its own stats
+            self.tracing: list[Any] = []
+
+        def start(self) -> None:
+            self.probe.start()
+            self.probe.detach()
+
+        def attach(self) -> None:
+            self.probe.attach()
+
+        def detach(self) -> None:
+            self.probe.detach()
+
+        def program_stats(self) -> dict[str, Any]:
+            return {
+                k: v
+                for k, v in self.probe.program_stats().items()
+                if k in ("http_send", "http_recv")
+            }
+
+        def close(self) -> None:
+            self.probe.close()
+
     assert cgroup2_root() == str(Path(CGROUP).parent), "cgroup v2 is not at the expected root"
     os.makedirs(CGROUP, exist_ok=True)
     stats_fd = _libbpf.enable_run_time_stats()
@@ -263,7 +296,7 @@ def scoped(args: argparse.Namespace) -> int:
                                             f"{d}/nginx.conf", "-p", d))  # fmt: skip
             url = f"http://{srv.addr}:8080/index.html"
             time.sleep(1)
-            probe = NoopControl()
+            probe: Any = HttpAlone() if args.control == "http" else NoopControl()
             probe.start()  # loaded once; only its links come and go
 
             def run(attached: bool) -> dict[str, Any]:
@@ -326,9 +359,14 @@ def main() -> int:
     p.add_argument("--json", default=None, help="write every run here")
     p.add_argument(
         "--scoped-pairs", type=int, default=0, metavar="N",
-        help="instead: N pairs of runs with and without a cgroup_skb program per direction "
-        "that only returns, attached to a cgroup holding only nginx and wrk (the floor of "
-        "any per-packet design)",
+        help="instead: N pairs of runs with and without --control attached, loaded once "
+        "(no agent process, no start-up between the runs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--control", choices=("noop", "http"), default="noop",
+        help="with --scoped-pairs: `noop`, a cgroup_skb program per direction that only "
+        "returns, attached to a cgroup of nginx and wrk (the floor of any per-packet "
+        "design); `http`, the http probe's programs alone at the socket tracepoints",
     )  # fmt: skip
     args = p.parse_args()
     if os.geteuid() != 0:

@@ -1259,8 +1259,9 @@ def md_summary(res: dict[str, Any]) -> list[str]:
                 )
             out.append(
                 f"| the same, as shipped (every feature: + dns, http, listen queues) | "
-                f"≤ {TARGET_NS_PER_CALL:.0f} ns | +{a:.0f} ns: the features' per-packet "
-                f"programs (docs/skbchain.md) | {verdict(a, TARGET_NS_PER_CALL)} |"
+                f"≤ {TARGET_NS_PER_CALL:.0f} ns | +{a:.0f} ns: http's look at each TCP call "
+                f"(docs/http.md) and the per-packet programs of dns and the listen queues "
+                f"(docs/skbchain.md) | {verdict(a, TARGET_NS_PER_CALL)} |"
             )
     f = res.get("flows")
     if f:
@@ -1412,11 +1413,14 @@ def md_findings(res: dict[str, Any]) -> list[str]:
             parts.append(f"kernel's view, ns per call: {progs}")
             out.append("- Send/recv " + "; ".join(parts) + ".")
         out.append(
-            "- The core (tcpflow, udpflow) runs at the socket layer only: no program per "
-            "packet. The features' cgroup_skb programs (dns, http, tcphealth's listen "
-            "queues) run on every packet of every socket, TCP data and ACKs included, behind "
-            "one dispatcher per direction (docs/skbchain.md): the kernel's cgroup dispatch is "
-            "paid once per packet, each member costs a direct jump and its own early return."
+            "- The core (tcpflow, udpflow) and http run at the socket calls only: no program "
+            "per packet; http runs first on every TCP call behind the same dispatcher "
+            "(docs/sockchain.md), and a call on a socket that is not HTTP costs it a hash "
+            "lookup and an 8-byte read of the caller's buffer. The cgroup_skb programs of dns "
+            "and tcphealth's listen queues run on every packet of every socket, TCP data and "
+            "ACKs included, behind one dispatcher per direction (docs/skbchain.md): the "
+            "kernel's cgroup dispatch is paid once per packet, each member costs a direct "
+            "jump and its own early return."
         )
     f = res.get("flows")
     if f:
@@ -1564,9 +1568,9 @@ def md_sendloop(s: dict[str, Any]) -> list[str]:
         "",
         f'Kernel\'s view (variant "{KVIEW_VARIANT}"): `run_time_ns / run_cnt` of each '
         "program over the same runs, i.e. `meshlens_bpf_program_run_seconds_total / "
-        "meshlens_bpf_program_runs_total` (`Agent.probes_and_chain()`). The chain's "
-        "dispatchers (`skbchain_*_run`) include the time of every cgroup_skb member they "
-        "tail-call (a tail call skips the kernel's per-program accounting).",
+        "meshlens_bpf_program_runs_total` (`Agent.probes_and_chain()`). The chains' "
+        "dispatchers (`sockchain_*`, `skbchain_*_run`) include the time of every member "
+        "they tail-call (a tail call skips the kernel's per-program accounting).",
         "",
         "| loop | program | runs per call | ns per run |",
         "|---|---|---|---|",
