@@ -342,7 +342,7 @@ static __always_inline struct scratch *scratch(void)
 /* Scalars of one call's parse. */
 struct pscal {
 	__u64 now;
-	__u64 id;    /* the socket's cookie */
+	__u64 id;    /* the connection's id (http_last_id) */
 	__u32 off;   /* next unparsed byte of the call */
 	__u32 end;   /* end of the call's bytes */
 	__u32 blen;  /* valid bytes in the scratch buffer; 0: nothing loaded */
@@ -409,10 +409,10 @@ GLOBAL int http_find_lf(struct scratch *s, __u32 from, __u32 to)
 #define REC_DEFERRED 1 /* the request of an early response ended (or its connection) */
 
 /* Both ends of a connection local (the client's socket and the server's):
- * the same bytes would be parsed twice, at the client's egress and at the
- * server's ingress (and the responses the other way round). Instead the
+ * the same bytes would be parsed twice, at the client's send and at the
+ * server's recv (and the responses the other way round). Instead the
  * client's socket parses for both reporters. The client publishes its
- * connection (its cookie and first byte) in its http_endpoints entry and an
+ * connection (its id and first byte) in its http_endpoints entry and an
  * http_links entry; the server, at its first call, finds that entry through
  * the same endpoint lookup that names its client, and if both started at the
  * same byte it hands the parsing over (LINK_MIRROR) and keeps only a passive
@@ -435,7 +435,7 @@ enum http_link_state {
 	LINK_DEAD = 2,   /* resolved without the server */
 };
 
-/* Client cookie -> link, from a client's first request to its resolution. */
+/* Client connection id -> link, from a client's first request to its resolution. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -2183,7 +2183,7 @@ static __always_inline void owner_from_current(struct http_owner *o)
 
 /* First bytes of a call on an untracked connection (s->uio is filled): a
  * request start? Creates the connection's state; 1 if it did. */
-GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
+GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 sending, struct scratch *s)
 {
 	const struct sock *sk = SOCK_RO((void *)skp);
 	const struct tcp_sock *tp = TCP_RO((void *)skp);
@@ -2191,7 +2191,7 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
 	struct http_conn *c;
 	__u64 w = 0, key = skp;
 	__u32 seq, base_resp, mlen = 0, snd_base, rcv_first;
-	__u8 role = egress ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
+	__u8 role = sending ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
 	struct http_endpoint *ep = 0;
 	__u64 peer_id = 0;
 	__u32 peer_seq = 0;
@@ -2210,7 +2210,7 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
 	 * connection older than us, which costs nothing but the parse-once link.) */
 	snd_base = tp->snd_una - (__u32)tp->bytes_acked;
 	rcv_first = tp->rcv_nxt - (__u32)tp->bytes_received;
-	if (egress) {
+	if (sending) {
 		seq = tp->write_seq - plen;
 		first = seq - snd_base <= 1;
 		base_resp = tp->copied_seq;
@@ -2240,7 +2240,7 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
 	c->dir[0].state = PS_IDLE;
 	c->dir[1].next_seq = base_resp;
 	c->dir[1].state = first && resp_known ? PS_IDLE : PS_UNSYNCED;
-	if (egress && first) {
+	if (sending && first) {
 		/* a connect()ed socket from its first byte: publish it, its server
 		 * (if local) may leave the parsing to it */
 		__builtin_memset(&s->ek, 0, sizeof(s->ek));
@@ -2260,7 +2260,7 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
 			bpf_map_delete_elem(&http_links, &s->conn.id);
 		return err ? 0 : 1;
 	}
-	if (!egress && first && resp_known && peer_id && peer_seq == seq) {
+	if (!sending && first && resp_known && peer_id && peer_seq == seq) {
 		/* our client is a local socket that parses these same bytes */
 		struct http_link *l = bpf_map_lookup_elem(&http_links, &peer_id);
 
@@ -2279,10 +2279,10 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 egress, struct scratch *s)
 	return 1;
 }
 
-/* One send() (egress) or recv() of `ret` bytes on a TCP socket. Not inlined:
+/* One send() (`sending`) or recv() of `ret` bytes on a TCP socket. Not inlined:
  * the chain's tail call after it must not add to the deepest call chain's
  * stack, which is near the verifier's 512-byte limit. */
-static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
+static __noinline int handle(__u64 skp, int ret, int flags, bool sending)
 {
 	const struct sock *sk = SOCK_RO((void *)skp);
 	const struct tcp_sock *tp;
@@ -2296,7 +2296,7 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
 
 	if (ret < 0 || !sk || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (!egress && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG)))
+	if (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG)))
 		return 0; /* bytes TCP reads again later, or never copies */
 	plen = ret;
 	p.s = scratch();
@@ -2305,7 +2305,7 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
 	p.s->key = skp;
 	c = bpf_map_lookup_elem(&http_conns, &p.s->key);
 	if (!c) {
-		if (!plen || http_uio_fill(p.s, plen) || !http_conn_new(skp, plen, egress, p.s))
+		if (!plen || http_uio_fill(p.s, plen) || !http_conn_new(skp, plen, sending, p.s))
 			return 0;
 		p.s->key = skp;
 		c = bpf_map_lookup_elem(&http_conns, &p.s->key);
@@ -2323,8 +2323,8 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
 	if (!tp)
 		return 0;
 	/* the call's first byte: TCP has moved its counter past all of them */
-	seq = (egress ? tp->write_seq : read_end(sk, tp)) - plen;
-	di = (c->role == HTTP_ROLE_CLIENT) == egress ? 0 : 1;
+	seq = (sending ? tp->write_seq : read_end(sk, tp)) - plen;
+	di = (c->role == HTTP_ROLE_CLIENT) == sending ? 0 : 1;
 	d = &c->dir[di];
 	p.c = c;
 	sc->now = bpf_ktime_get_ns();
@@ -2415,7 +2415,7 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
 	if (!c->dead && !sc->stop && (sc->off < sc->end || (sc->blen && sc->bpos < sc->blen)))
 		go_dead(sc, c, HTTP_STAT_TOO_COMPLEX);
 	/* a response delimited by the connection's end: recv() returned 0 */
-	if (!egress && !plen && !c->dead && di == 1 && d->state == PS_EOF) {
+	if (!sending && !plen && !c->dead && di == 1 && d->state == PS_EOF) {
 		sc->now = d->last_ns ? d->last_ns : sc->now;
 		response_done(sc, c);
 	}
@@ -2427,7 +2427,7 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool egress)
  * connection whose client parses for it, one on a TCP socket that is not HTTP
  * (its first bytes are not a method: read straight from the first buffer). Not
  * inlined: its stack is not on the parser's deepest call chain. */
-static __noinline bool wants_handle(__u64 skp, int ret, int flags, bool egress)
+static __noinline bool wants_handle(__u64 skp, int ret, int flags, bool sending)
 {
 	const struct sock *sk = SOCK_RO((void *)skp);
 	struct pt_regs *r;
@@ -2435,7 +2435,7 @@ static __noinline bool wants_handle(__u64 skp, int ret, int flags, bool egress)
 	__u64 key = skp, a = 0, b = 0, w = 0, seg[2];
 	__u32 n;
 
-	if (ret < 0 || (!egress && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
+	if (ret < 0 || (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
 		return false;
 	if (!sk || sk->sk_protocol != IPPROTO_TCP)
 		return false;

@@ -94,7 +94,7 @@ struct http_endpoint {
 	__u32 tgid;
 	__u32 http_seq; /* sequence number of its HTTP connection's first request byte */
 	char comm[HTTP_COMM_LEN];
-	__u64 http_id; /* cookie of the HTTP connection followed from this end; 0: none */
+	__u64 http_id; /* id of the HTTP connection followed from this end; 0: none */
 };
 
 /* What names one side of the requests: the reporting socket's owner and
@@ -164,7 +164,7 @@ struct http_req {
 
 /* Value of http_conns: socket-local storage of each HTTP connection. */
 struct http_conn {
-	__u64 id;   /* the socket's cookie: keys of its carry and trace entries */
+	__u64 id;   /* the connection's id: keys of its carry, link and trace entries */
 	__u64 edge; /* key of its http_edges entry */
 	struct http_dir dir[2]; /* [0] requests, [1] responses */
 	struct http_req fifo[HTTP_FIFO];
