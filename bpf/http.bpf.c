@@ -2279,42 +2279,32 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 sending, struct scratch *s
 	return 1;
 }
 
-/* One send() (`sending`) or recv() of `ret` bytes on a TCP socket. Not inlined:
- * the chain's tail call after it must not add to the deepest call chain's
- * stack, which is near the verifier's 512-byte limit. */
-static __noinline int handle(__u64 skp, int ret, int flags, bool sending)
+/* One send() (`sending`) or recv() of `ret` bytes on a TCP socket whose
+ * connection is followed (c), or whose bytes start like a request (!c). Not
+ * inlined: the chain's tail call after it must not add to the deepest call
+ * chain's stack, which is near the verifier's 512-byte limit. */
+static __noinline int handle(__u64 skp, int ret, bool sending, struct http_conn *c)
 {
-	const struct sock *sk = SOCK_RO((void *)skp);
 	const struct tcp_sock *tp;
-	struct http_conn *c;
 	struct http_dir *d;
 	struct pctx p = {};
 	struct pscal *sc = &p.sc;
-	__u32 plen, seq, di;
+	__u32 plen = ret, seq, di;
 	__s32 delta;
 	bool data;
 
-	if (ret < 0 || !sk || sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	if (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG)))
-		return 0; /* bytes TCP reads again later, or never copies */
-	plen = ret;
 	p.s = scratch();
 	if (!p.s)
 		return 0;
-	p.s->key = skp;
-	c = bpf_map_lookup_elem(&http_conns, &p.s->key);
 	if (!c) {
 		if (!plen || http_uio_fill(p.s, plen) || !http_conn_new(skp, plen, sending, p.s))
 			return 0;
-		p.s->key = skp;
+		p.s->key = skp; /* off this frame's stack, which is near the limit */
 		c = bpf_map_lookup_elem(&http_conns, &p.s->key);
 		if (!c)
 			return 0;
 		data = true;
 	} else {
-		if (c->dead)
-			return 0;
 		data = plen && !http_uio_fill(p.s, plen);
 	}
 	if (c->dead)
@@ -2323,7 +2313,7 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool sending)
 	if (!tp)
 		return 0;
 	/* the call's first byte: TCP has moved its counter past all of them */
-	seq = (sending ? tp->write_seq : read_end(sk, tp)) - plen;
+	seq = (sending ? tp->write_seq : read_end(SOCK_RO((void *)skp), tp)) - plen;
 	di = (c->role == HTTP_ROLE_CLIENT) == sending ? 0 : 1;
 	d = &c->dir[di];
 	p.c = c;
@@ -2422,30 +2412,17 @@ static __noinline int handle(__u64 skp, int ret, int flags, bool sending)
 	return 0;
 }
 
-/* Does this call need handle()? Most do not, and answer here without the
- * scratch: a call that failed or peeked, one on the server side of a
- * connection whose client parses for it, one on a TCP socket that is not HTTP
- * (its first bytes are not a method: read straight from the first buffer). Not
- * inlined: its stack is not on the parser's deepest call chain. */
-static __noinline bool wants_handle(__u64 skp, int ret, int flags, bool sending)
+/* Do the call's first bytes start like a request method? Read straight from
+ * the first buffer, without the scratch: most calls of a socket that is not
+ * HTTP end here. Not inlined: its stack is not on the parser's deepest call
+ * chain. */
+static __noinline bool starts_like_request(int ret)
 {
-	const struct sock *sk = SOCK_RO((void *)skp);
-	struct pt_regs *r;
-	struct http_conn *c;
-	__u64 key = skp, a = 0, b = 0, w = 0, seg[2];
+	struct pt_regs *r = syscall_regs();
+	__u64 a = 0, b = 0, w = 0, seg[2];
 	__u32 n;
 
-	if (ret < 0 || (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
-		return false;
-	if (!sk || sk->sk_protocol != IPPROTO_TCP)
-		return false;
-	c = bpf_map_lookup_elem(&http_conns, &key);
-	if (c)
-		return !c->dead;
-	if (ret == 0)
-		return false;
-	r = syscall_regs();
-	if (!r)
+	if (!r || ret <= 0)
 		return false;
 	switch (call_buffers(r, &a, &b)) {
 	case CALL_BUF:
@@ -2467,15 +2444,32 @@ static __noinline bool wants_handle(__u64 skp, int ret, int flags, bool sending)
 	return method_prefix(w, n);
 }
 
+/* Most calls need no parse and return after one hash lookup: a call that failed
+ * or peeked, one on the server side of a connection whose client parses for
+ * it (dead), one on a TCP socket that is not HTTP. */
+static __always_inline void on_call(__u64 skp, int ret, int flags, bool sending)
+{
+	const struct sock *sk = SOCK_RO((void *)skp);
+	struct http_conn *c;
+	__u64 key = skp;
+	__u32 *d;
+
+	if (ret < 0 || (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
+		return; /* bytes TCP reads again later, or never copies */
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return;
+	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (c ? c->dead : !starts_like_request(ret))
+		return;
+	d = depth_enter();
+	handle(skp, ret, sending, c);
+	depth_leave(d);
+}
+
 SEC("raw_tp/sock_send_length")
 int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 {
-	if (wants_handle((__u64)sk, ret, flags, true)) {
-		__u32 *d = depth_enter();
-
-		handle((__u64)sk, ret, flags, true);
-		depth_leave(d);
-	}
+	on_call((__u64)sk, ret, flags, true);
 	SOCKCHAIN_NEXT_TCP(ctx, sockchain_send_progs);
 	return 0;
 }
@@ -2483,12 +2477,7 @@ int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 SEC("raw_tp/sock_recv_length")
 int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 {
-	if (wants_handle((__u64)sk, ret, flags, false)) {
-		__u32 *d = depth_enter();
-
-		handle((__u64)sk, ret, flags, false);
-		depth_leave(d);
-	}
+	on_call((__u64)sk, ret, flags, false);
 	SOCKCHAIN_NEXT_TCP(ctx, sockchain_recv_progs);
 	return 0;
 }
