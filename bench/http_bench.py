@@ -11,8 +11,10 @@ from the other. Modes: `none` (no agent), `http` (an agent with the core
 probes and the http feature only), `http-only` (the http feature alone),
 `...-nostats` (without kernel.bpf_stats_enabled), `stats` (only
 bpf_stats enabled, no program), `full` (`meshlens run`: every feature),
-`core` (`meshlens run --features none`).
-For each run: throughput, p50/p99 latency (wrk --latency), the agent
+`core` (`meshlens run --features none`), `run:A+B` (`meshlens run --features A,B`);
+a suffix `@N` runs that agent with `--interval N` (its refresh period; default 5 s).
+During a run, `--scrape N` GETs the agent's /metrics every N s (default 15, at a random
+phase), as Prometheus would. For each run: throughput, p50/p99 latency (wrk --latency), the agent
 process's CPU (utime+stime from /proc), and the kernel time of the http
 programs per request (bpf_stats, which the agent enables). Prints a markdown
 table of medians over the rounds (docs/bench/http.md)."""
@@ -23,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -31,7 +34,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +140,21 @@ def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
         with socket.socket() as sk:  # a free port for its /metrics
             sk.bind(("127.0.0.1", 0))
             port = sk.getsockname()[1]
-        argv = [sys.executable, "-m", "meshlens.cli", "run", "--quiet", "--interval", "1",
+        mode, _, interval = mode.partition("@")  # full@1: refresh every second
+        argv = [sys.executable, "-m", "meshlens.cli", "run", "--quiet",
                 "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+        if interval:
+            argv += ["--interval", interval]
         if mode == "core":  # the agent without its features
             argv += ["--features", "none"]
+        elif mode.startswith("run:"):  # run:http+tcphealth = --features http,tcphealth
+            argv += ["--features", mode[4:].replace("+", ",")]
     # not a pipe: a chatty agent must never block on it
     errlog = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the agent)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errlog, env=env)
+    proc.metrics_url = (  # type: ignore[attr-defined]
+        f"http://127.0.0.1:{port}/metrics" if argv[1:3] == ["-m", "meshlens.cli"] else None
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -167,7 +180,42 @@ def stop_agent(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=5)
 
 
+class Scraper:
+    """What Prometheus does to a running agent: GET /metrics every `period` s,
+    the first one at a random point of the first period (a run is a random
+    window of a scrape schedule)."""
+
+    def __init__(self, url: str | None, period: float) -> None:
+        self.url, self.period = url, period
+        self.done = threading.Event()
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        wait = random.uniform(0, self.period)
+        while self.url and self.period > 0 and not self.done.wait(wait):
+            wait = self.period
+            with urllib.request.urlopen(self.url, timeout=30) as resp:
+                resp.read()
+            self.scrapes += 1
+
+    def __enter__(self) -> Scraper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def one_run(cli: Host, url: str, args: argparse.Namespace, agent: Any) -> dict[str, Any]:
+    with Scraper(getattr(agent, "metrics_url", None), args.scrape) as scraper:
+        res = _one_run(cli, url, args, agent)
+    res["scrapes"] = scraper.scrapes
+    return res
+
+
+def _one_run(cli: Host, url: str, args: argparse.Namespace, agent: Any) -> dict[str, Any]:
     c0 = cpu_seconds(agent.pid) if agent else 0.0
     b0 = http_prog_stats()
     t0 = time.monotonic()
@@ -227,10 +275,10 @@ def scoped(args: argparse.Namespace) -> int:
         chain's last pass-through program, whose tail call finds no slot), what
         any per-packet design pays before doing any work."""
 
-        def __init__(self) -> None:
+        def __init__(self, directions: tuple[str, ...]) -> None:
             self.obj = _libbpf.BpfObject(str(objects_dir() / "skbchain.bpf.o"))
             self.obj.load()
-            self.names = [f"skbchain_{d}_pass{skbchain.SLOTS - 1}" for d in skbchain.DIRECTIONS]
+            self.names = [f"skbchain_{d}_pass{skbchain.SLOTS - 1}" for d in directions]
             self.links: list[Any] = []
             self.tracing: list[Any] = []
 
@@ -286,7 +334,9 @@ def scoped(args: argparse.Namespace) -> int:
 
     assert cgroup2_root() == str(Path(CGROUP).parent), "cgroup v2 is not at the expected root"
     os.makedirs(CGROUP, exist_ok=True)
-    stats_fd = _libbpf.enable_run_time_stats()
+    # run-time statistics cost every program run two clock reads: only for the
+    # http control, whose BPF time is reported (a no-op has none to report)
+    stats_fd = _libbpf.enable_run_time_stats() if args.control == "http" else None
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     try:
         with Lab(2) as lab, tempfile.TemporaryDirectory(prefix="meshlens-bench-") as d:
@@ -296,7 +346,13 @@ def scoped(args: argparse.Namespace) -> int:
                                             f"{d}/nginx.conf", "-p", d))  # fmt: skip
             url = f"http://{srv.addr}:8080/index.html"
             time.sleep(1)
-            probe: Any = HttpAlone() if args.control == "http" else NoopControl()
+            probe: Any = (
+                HttpAlone()
+                if args.control == "http"
+                else NoopControl(
+                    skbchain.DIRECTIONS if args.control == "noop" else (args.control[5:],)
+                )
+            )
             probe.start()  # loaded once; only its links come and go
 
             def run(attached: bool) -> dict[str, Any]:
@@ -358,15 +414,20 @@ def main() -> int:
     p.add_argument("--modes", default="none,http,full")
     p.add_argument("--json", default=None, help="write every run here")
     p.add_argument(
+        "--scrape", type=float, default=15.0,
+        help="GET the agent's /metrics every N s during a run, as Prometheus would (0: never)",
+    )  # fmt: skip
+    p.add_argument(
         "--scoped-pairs", type=int, default=0, metavar="N",
         help="instead: N pairs of runs with and without --control attached, loaded once "
         "(no agent process, no start-up between the runs)",
     )  # fmt: skip
     p.add_argument(
-        "--control", choices=("noop", "http"), default="noop",
+        "--control", choices=("noop", "noop-egress", "noop-ingress", "http"), default="noop",
         help="with --scoped-pairs: `noop`, a cgroup_skb program per direction that only "
         "returns, attached to a cgroup of nginx and wrk (the floor of any per-packet "
-        "design); `http`, the http probe's programs alone at the socket tracepoints",
+        "design; `noop-egress`/`noop-ingress`: one direction); `http`, the http probe's "
+        "programs alone at the socket tracepoints (with run-time statistics)",
     )  # fmt: skip
     args = p.parse_args()
     if os.geteuid() != 0:
