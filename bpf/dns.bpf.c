@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
-/* DNS from the packets of local sockets (cgroup_skb on the cgroup-v2 root):
- * a query a socket sends (UDP, or TCP with its 2-byte length prefix) to port
- * 53 or a configured port is kept in a pending map under (socket cookie,
- * server, server port, DNS id); the response the same socket receives from
- * that server completes it. Counts and a latency histogram per owner, server,
- * type and rcode are aggregated here; each completed query also goes to user
- * space (question + first bytes of the response) for names and the trace.
+/* DNS from the socket calls of local clients: a message a socket sends (UDP,
+ * or TCP with its 2-byte length prefix) to port 53 or a configured port is
+ * read from the caller's own buffers at the end of the call (sock_send_length,
+ * behind the socket chain, docs/sockchain.md) and, if it is a query, kept in a
+ * pending map under (socket, DNS id); a message the same socket receives
+ * (sock_recv_length) with that id and the same question completes it. Counts
+ * and a latency histogram per owner, server, type and rcode are aggregated
+ * here; each completed query also goes to user space (question + first bytes
+ * of the response) for names and the trace.
  *
  * One kernel timer walks the pending map every sweep_ns and times out what is
  * older than timeout_ns. The response and the sweeper both try to delete the
@@ -14,19 +16,20 @@
  * timeout. (A bpf_timer per query would allocate per query; on 6.18 that
  * allocation fails with -ENOMEM under load, leaving queries that never time out.)
  *
- * Non-DNS packets return after reading the IP protocol and the ports from the
- * linear header; all DNS work is in global subprograms, verified once each. */
+ * No packet runs a program: a call on a socket that is not DNS returns after
+ * reading its protocol and peer port (an unconnected UDP socket: the
+ * destination its caller gave, or whether it has sent a query). All DNS work
+ * is in global subprograms, verified once each. */
 #include "meshlens.bpf.h"
 #include "dns.h"
-#include "skbchain.h"
+#include "sockcall.h"
+#include "sockchain.h"
 
 #define CLOCK_MONOTONIC 1
-#define ETH_P_IP_BE 0x0008   /* htons(0x0800) */
-#define ETH_P_IPV6_BE 0xDD86 /* htons(0x86DD) */
 #define DNS_HDR_LEN 12
 #define DNS_NAME_MAX 255
-#define DNS_TCP_MSGS 4 /* messages parsed per TCP segment */
-#define CMP_CHUNK 32
+#define DNS_TCP_MSGS 4 /* messages parsed per TCP call */
+#define DNS_SEGS 8     /* buffers of a call that are read (iovecs) */
 #define EEXIST 17
 #define EBUSY 16
 
@@ -63,13 +66,22 @@ struct {
 	__type(value, struct dns_sweeper);
 } dns_sweeper SEC(".maps");
 
-/* TCP sockets whose current message continues in later segments */
+/* TCP sockets whose current message continues in later calls */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct dns_tcp_key);
-	__type(value, __u32); /* sequence number where the next message starts */
+	__type(value, struct dns_tcp_next);
 } dns_tcp_next SEC(".maps");
+
+/* Unconnected UDP sockets that sent a query: only their received calls are
+ * read (the answer's source is not known at the tracepoint). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* socket address */
+	__type(value, __u64); /* time of its last query */
+} dns_socks SEC(".maps");
 
 /* completed queries: question and response bytes, for names and the trace */
 struct {
@@ -84,24 +96,39 @@ struct {
 	__type(value, __u64);
 } dns_stats SEC(".maps");
 
-/* zero values to insert from (no large zeroed struct on the stack) */
+/* A call's buffers and the first bytes of one message, per CPU. */
+struct dns_seg {
+	__u64 base;
+	__u64 len;
+};
+
+struct dns_scratch {
+	__u32 busy; /* a program on this CPU is using it (nested: skip) */
+	__u32 nseg;
+	struct dns_seg seg[DNS_SEGS];
+	/* a message's first DNS_DATA_MAX bytes; twice that so that a copy at a
+	 * masked offset stays inside for the verifier */
+	__u8 buf[2 * DNS_DATA_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_scratch);
+} dns_scratch SEC(".maps");
+
+/* The server end of a query. */
+struct dns_peer {
+	__u8 addr[16];
+	__u16 port;
+	__u16 family;
+	__u8 proto; /* IPPROTO_UDP or IPPROTO_TCP */
+	__u8 __pad0[3];
+};
+
 static const struct dns_pending zero_pending;
 static const struct dns_agg_value zero_agg;
-
-/* What the fast path found out about a packet to or from a DNS port. */
-struct dns_pkt {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u8 proto;
-	__u8 egress;
-	__u32 off; /* offset of the L4 payload from skb->data */
-	__u32 len; /* L4 payload bytes */
-	__u32 seq; /* TCP sequence number of the payload */
-	__u32 __pad0;
-};
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -154,9 +181,9 @@ static __always_inline void agg_key_of(struct dns_agg_key *ak, const struct dns_
 	ak->cgroup_id = v->cgroup_id;
 	__builtin_memcpy(ak->comm, v->comm, DNS_COMM_LEN);
 	__builtin_memcpy(ak->client, v->client, 16);
-	__builtin_memcpy(ak->server, k->server, 16);
-	ak->server_port = k->server_port;
-	ak->family = k->family;
+	__builtin_memcpy(ak->server, v->server, 16);
+	ak->server_port = v->server_port;
+	ak->family = v->family;
 	ak->qtype = v->qtype;
 	ak->rcode = rcode;
 	ak->proto = v->proto;
@@ -184,7 +211,7 @@ static __always_inline void event_fill(struct dns_event *e, const struct dns_key
 				       const struct dns_pending *v, __u16 rcode, __u8 type,
 				       __u32 cap)
 {
-	e->cookie = k->cookie;
+	e->sock = k->sock;
 	e->start_ns = v->start_ns;
 	e->netns = v->netns;
 	e->cgroup_id = v->cgroup_id;
@@ -192,10 +219,10 @@ static __always_inline void event_fill(struct dns_event *e, const struct dns_key
 	e->pid = v->pid;
 	__builtin_memcpy(e->comm, v->comm, DNS_COMM_LEN);
 	__builtin_memcpy(e->client, v->client, 16);
-	__builtin_memcpy(e->server, k->server, 16);
+	__builtin_memcpy(e->server, v->server, 16);
 	e->client_port = v->client_port;
-	e->server_port = k->server_port;
-	e->family = k->family;
+	e->server_port = v->server_port;
+	e->family = v->family;
 	e->id = k->id;
 	e->qtype = v->qtype;
 	e->rcode = rcode;
@@ -277,27 +304,28 @@ static int sweep(void *map, __u32 *key, struct dns_sweeper *s)
 	return 0;
 }
 
-/* Start the sweeper with the first query (and retry with later ones until it
- * runs: arming can fail when the kernel cannot allocate the timer). */
-static __always_inline void sweeper_arm(void)
+/* Run once by the loader (BPF_PROG_RUN) right after load: the socket
+ * tracepoints' programs may not use a bpf_timer, so the timer is started here
+ * and re-arms itself. */
+SEC("syscall")
+int dns_start_sweeper(void *ctx)
 {
 	struct dns_sweeper *s;
 	__u32 zero = 0;
-	long err;
 
 	s = bpf_map_lookup_elem(&dns_sweeper, &zero);
-	if (!s || s->armed)
-		return;
-	err = bpf_timer_init(&s->timer, &dns_sweeper, CLOCK_MONOTONIC);
-	if (err && err != -EBUSY) {
-		stat_inc(DNS_STAT_SWEEPER_RETRY);
-		return;
-	}
-	if (bpf_timer_set_callback(&s->timer, sweep) || bpf_timer_start(&s->timer, sweep_ns, 0)) {
-		stat_inc(DNS_STAT_SWEEPER_RETRY);
-		return;
-	}
+	if (!s)
+		return 1;
+	if (s->armed)
+		return 0;
+	if (bpf_timer_init(&s->timer, &dns_sweeper, CLOCK_MONOTONIC))
+		return 2;
+	if (bpf_timer_set_callback(&s->timer, sweep))
+		return 3;
+	if (bpf_timer_start(&s->timer, sweep_ns, 0))
+		return 4;
 	s->armed = 1;
+	return 0;
 }
 
 /* Walk the question's name in a pending entry: the question's length (name,
@@ -333,52 +361,144 @@ __noinline int dns_question_len(const __u8 (*q)[DNS_QUESTION_MAX], __u32 avail)
 	return pos + 5;
 }
 
-static __always_inline void owner_fill(struct __sk_buff *skb, struct dns_pending *v)
-{
-	__u64 cg = bpf_skb_cgroup_id(skb);
-	struct task_struct *task;
-	__u64 id;
+/* ---------------------------------------------------------------- the call's bytes */
 
-	v->cgroup_id = cg;
-	/* UDP is sent in the sender's context; a TCP segment may leave from
-	 * softirq, where `current` is someone else: then only the cgroup. */
-	if (bpf_get_current_cgroup_id() != cg)
-		return;
-	id = bpf_get_current_pid_tgid();
-	task = (struct task_struct *)bpf_get_current_task();
-	v->tgid = id >> 32;
-	v->pid = (__u32)id;
-	v->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-	bpf_get_current_comm(v->comm, DNS_COMM_LEN);
+static __always_inline struct dns_scratch *scratch_take(void)
+{
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
+
+	if (!s || s->busy)
+		return 0;
+	s->busy = 1;
+	return s;
 }
 
-/* A message a local socket sends: track it if it is a query. */
-__noinline int dns_query(struct __sk_buff *skb, struct dns_pkt *p, __u32 off, __u32 avail,
-			 __u32 total)
+/* Where the call's bytes are (the saved registers, docs/sockchain.md); with
+ * `name`, the destination its caller gave. 0 when they can be read. */
+static __always_inline int segs_fill(struct dns_scratch *s, __u32 ret, __u64 *name)
 {
+	struct pt_regs *r = syscall_regs();
+	__u64 a = 0, b = 0, total = 0;
+
+	s->nseg = 0;
+	if (!r)
+		return -1;
+	switch (call_buffers(r, &a, &b, name)) {
+	case CALL_BUF:
+		s->seg[0].base = a;
+		s->seg[0].len = b;
+		s->nseg = 1;
+		break;
+	case CALL_IOV:
+		if (b > DNS_SEGS)
+			b = DNS_SEGS;
+		if (!b || bpf_probe_read_user(s->seg, b * sizeof(struct dns_seg), (const void *)a))
+			return -1;
+		s->nseg = b;
+		break;
+	default:
+		return -1;
+	}
+	for (__u32 i = 0; i < DNS_SEGS; i++) {
+		if (i >= s->nseg)
+			break;
+		total += s->seg[i].len;
+	}
+	/* buffers smaller than what the call moved: not this call's */
+	if (total < ret && s->nseg < DNS_SEGS)
+		return -1;
+	return 0;
+}
+
+/* Copy bytes [off, off + n) of the call (n <= DNS_DATA_MAX) to buf[0...]. */
+static __always_inline int gather(struct dns_scratch *s, __u64 off, __u32 n)
+{
+	__u32 done = 0;
+
+	for (__u32 i = 0; i < DNS_SEGS; i++) {
+		__u64 len, take;
+
+		if (i >= s->nseg || done >= n)
+			break;
+		len = s->seg[i].len;
+		if (off >= len) {
+			off -= len;
+			continue;
+		}
+		take = len - off;
+		if (take > n - done)
+			take = n - done;
+		if (done >= DNS_DATA_MAX || take > DNS_DATA_MAX - done)
+			return -1;
+		if (bpf_probe_read_user(s->buf + (done & (DNS_DATA_MAX - 1)), take,
+					(const void *)(s->seg[i].base + off)))
+			return -1;
+		done += take;
+		off = 0;
+	}
+	return done == n ? 0 : -1;
+}
+
+static __always_inline void peer_of_sock(const struct sock *sk, struct dns_peer *p)
+{
+	p->family = sk->__sk_common.skc_family;
+	p->port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (p->family == AF_INET)
+		__builtin_memcpy(p->addr, &sk->__sk_common.skc_daddr, 4);
+	else
+		__builtin_memcpy(p->addr, &sk->__sk_common.skc_v6_daddr, 16);
+}
+
+/* The destination a caller gave (sendto, sendmsg): a DNS server? */
+static __always_inline bool peer_of_name(__u64 name, struct dns_peer *p)
+{
+	struct sockaddr_in6 a = {};
+
+	if (!name || bpf_probe_read_user(&a, sizeof(a), (const void *)name))
+		return false;
+	p->family = a.sin6_family;
+	p->port = bpf_ntohs(a.sin6_port);
+	if (p->family == AF_INET)
+		__builtin_memcpy(p->addr, &((struct sockaddr_in *)&a)->sin_addr, 4);
+	else if (p->family == AF_INET6)
+		__builtin_memcpy(p->addr, &a.sin6_addr, 16);
+	else
+		return false;
+	return is_dns_port(p->port);
+}
+
+/* ---------------------------------------------------------------- messages */
+
+/* A message a local socket sends: track it if it is a query. buf holds its
+ * first `avail` bytes; `total` is its length. */
+__noinline int dns_query(struct dns_scratch *s, __u64 skp, __u32 avail, __u32 total,
+			 struct dns_peer *peer)
+{
+	const struct sock *sk = SOCK_RO((void *)skp);
 	struct dns_pending *v;
 	struct dns_key k = {};
-	__u8 hdr[DNS_HDR_LEN];
-	__u32 qlen;
+	__u32 qlen, n;
+	__u64 id;
 	long ret;
 
-	if (!p)
+	if (!s || !peer || !sk)
 		return 0;
 	if (total < DNS_HDR_LEN) {
 		stat_inc(DNS_STAT_MAL_SHORT);
 		return 0;
 	}
-	if (avail < DNS_HDR_LEN || bpf_skb_load_bytes(skb, off, hdr, DNS_HDR_LEN)) {
+	if (avail < DNS_HDR_LEN) {
 		stat_inc(DNS_STAT_MAL_TCP);
 		return 0;
 	}
-	if (hdr[2] & 0x80) /* QR: a response this host serves */
+	if (s->buf[2] & 0x80) /* QR: a response this host serves */
 		return 0;
-	if (hdr[2] & 0x78) {
+	if (s->buf[2] & 0x78) {
 		stat_inc(DNS_STAT_MAL_OPCODE);
 		return 0;
 	}
-	if (hdr[4] != 0 || hdr[5] != 1) {
+	if (s->buf[4] != 0 || s->buf[5] != 1) {
 		stat_inc(DNS_STAT_MAL_QDCOUNT);
 		return 0;
 	}
@@ -386,11 +506,8 @@ __noinline int dns_query(struct __sk_buff *skb, struct dns_pkt *p, __u32 off, __
 		stat_inc(DNS_STAT_MAL_TRUNCATED);
 		return 0;
 	}
-	k.cookie = bpf_get_socket_cookie(skb);
-	__builtin_memcpy(k.server, p->daddr, 16);
-	k.server_port = p->dport;
-	k.id = ((__u16)hdr[0] << 8) | hdr[1];
-	k.family = p->family;
+	k.sock = skp;
+	k.id = ((__u16)s->buf[0] << 8) | s->buf[1];
 	ret = bpf_map_update_elem(&dns_pending, &k, &zero_pending, BPF_NOEXIST);
 	if (ret) {
 		stat_inc(ret == -EEXIST ? DNS_STAT_DUPLICATE : DNS_STAT_PENDING_FULL);
@@ -399,14 +516,13 @@ __noinline int dns_query(struct __sk_buff *skb, struct dns_pkt *p, __u32 off, __
 	v = bpf_map_lookup_elem(&dns_pending, &k);
 	if (!v)
 		return 0;
-	avail -= DNS_HDR_LEN;
-	if (avail > DNS_QUESTION_MAX)
-		avail = DNS_QUESTION_MAX;
-	/* the response cannot arrive before this program returns: the query
-	 * has not left yet, so filling the entry in place races with nothing */
-	ret = bpf_skb_load_bytes(skb, off + DNS_HDR_LEN, v->question, avail & 0x1ff)
+	n = avail - DNS_HDR_LEN;
+	if (n > DNS_QUESTION_MAX)
+		n = DNS_QUESTION_MAX;
+	/* the answer cannot complete the entry before start_ns is set (last) */
+	ret = bpf_probe_read_kernel(v->question, n, s->buf + DNS_HDR_LEN)
 		      ? -DNS_STAT_MAL_TRUNCATED
-		      : dns_question_len(&v->question, avail);
+		      : dns_question_len(&v->question, n);
 	qlen = (__u32)ret & 0x1ff;
 	if (ret < 0 || qlen < 5 || qlen > DNS_QUESTION_MAX) {
 		bpf_map_delete_elem(&dns_pending, &k);
@@ -416,89 +532,79 @@ __noinline int dns_query(struct __sk_buff *skb, struct dns_pkt *p, __u32 off, __
 	/* bytes past qlen (an EDNS record) are not part of the question */
 	v->qlen = qlen;
 	v->qtype = ((__u16)v->question[qlen - 4] << 8) | v->question[qlen - 3];
-	__builtin_memcpy(v->client, p->saddr, 16);
-	v->client_port = p->sport;
-	v->proto = p->proto;
-	owner_fill(skb, v);
+	v->family = peer->family;
+	__builtin_memcpy(v->server, peer->addr, 16);
+	v->server_port = peer->port;
+	if (v->family == AF_INET)
+		__builtin_memcpy(v->client, &sk->__sk_common.skc_rcv_saddr, 4);
+	else
+		__builtin_memcpy(v->client, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+	v->client_port = sk->__sk_common.skc_num;
+	v->proto = peer->proto;
+	id = bpf_get_current_pid_tgid();
+	v->tgid = id >> 32;
+	v->pid = (__u32)id;
+	v->cgroup_id = bpf_get_current_cgroup_id();
+	v->netns = sock_netns(sk);
+	bpf_get_current_comm(v->comm, DNS_COMM_LEN);
 	v->start_ns = bpf_ktime_get_ns(); /* last: the sweeper skips entries at 0 */
 	stat_inc(DNS_STAT_QUERIES);
 	stat_add(&dns_stats, DNS_STAT_LIVE, 1);
-	sweeper_arm();
 	return 0;
 }
 
-/* Does the response's question (at off) equal the query's? 1 or 0. */
-__noinline int dns_same_question(struct __sk_buff *skb, __u32 off, __u32 avail,
-				 const __u8 (*q)[DNS_QUESTION_MAX], __u32 qlen)
+/* Does the response's question (buf[12...]) equal the query's? 1 or 0. */
+static __always_inline int same_question(struct dns_scratch *s, __u32 avail,
+					 const struct dns_pending *v)
 {
-	__u8 buf[CMP_CHUNK];
+	__u32 qlen = v->qlen;
 
-	if (!q)
+	if (qlen < 5 || qlen > DNS_QUESTION_MAX || DNS_HDR_LEN + qlen > avail)
 		return 0;
-	if (qlen < 5 || qlen > DNS_QUESTION_MAX || qlen > avail)
-		return 0;
-	for (__u32 c = 0; c < DNS_QUESTION_MAX; c += CMP_CHUNK) {
-		__u32 n;
-
-		if (c >= qlen)
+	for (__u32 i = 0; i < DNS_QUESTION_MAX; i++) {
+		if (i >= qlen)
 			break;
-		n = qlen - c;
-		if (n > CMP_CHUNK)
-			n = CMP_CHUNK;
-		if (n < 1 || bpf_skb_load_bytes(skb, off + c, buf, n))
+		if (s->buf[(DNS_HDR_LEN + i) & (DNS_DATA_MAX - 1)] != v->question[i])
 			return 0;
-		for (__u32 i = 0; i < CMP_CHUNK; i++) {
-			if (i >= n)
-				break;
-			if (c + i >= DNS_QUESTION_MAX || buf[i] != (*q)[c + i])
-				return 0;
-		}
 	}
 	return 1;
 }
 
 /* A message a local socket receives: complete its query if it answers one. */
-__noinline int dns_response(struct __sk_buff *skb, struct dns_pkt *p, __u32 off, __u32 avail,
-			    __u32 total)
+__noinline int dns_response(struct dns_scratch *s, __u64 skp, __u32 avail, __u32 total)
 {
 	struct dns_agg_key ak = {};
 	struct dns_pending *v;
 	struct dns_event *e;
 	struct dns_key k = {};
-	__u8 hdr[DNS_HDR_LEN];
 	__u16 rcode, qdcount;
 	__u64 now, lat;
 	__u32 tgid, n, cap;
 
-	if (!p)
+	if (!s)
 		return 0;
 	if (total < DNS_HDR_LEN) {
 		stat_inc(DNS_STAT_MAL_SHORT);
 		return 0;
 	}
-	if (avail < DNS_HDR_LEN || bpf_skb_load_bytes(skb, off, hdr, DNS_HDR_LEN)) {
+	if (avail < DNS_HDR_LEN) {
 		stat_inc(DNS_STAT_MAL_TCP);
 		return 0;
 	}
-	if (!(hdr[2] & 0x80)) /* a query this host receives */
+	if (!(s->buf[2] & 0x80)) /* a query this host receives */
 		return 0;
-	k.cookie = bpf_get_socket_cookie(skb);
-	__builtin_memcpy(k.server, p->saddr, 16);
-	k.server_port = p->sport;
-	k.id = ((__u16)hdr[0] << 8) | hdr[1];
-	k.family = p->family;
+	k.sock = skp;
+	k.id = ((__u16)s->buf[0] << 8) | s->buf[1];
 	v = bpf_map_lookup_elem(&dns_pending, &k);
 	if (!v || !v->start_ns) { /* none, or a query being created with a reused id */
 		stat_inc(DNS_STAT_UNMATCHED);
 		return 0;
 	}
-	rcode = hdr[3] & 0x0f;
-	qdcount = ((__u16)hdr[4] << 8) | hdr[5];
+	rcode = s->buf[3] & 0x0f;
+	qdcount = ((__u16)s->buf[4] << 8) | s->buf[5];
 	/* as a resolver does: an answer to another question is not the answer;
 	 * error responses may leave the question out */
-	if (qdcount == 1 ? !dns_same_question(skb, off + DNS_HDR_LEN, avail - DNS_HDR_LEN,
-						 &v->question, v->qlen)
-			 : (qdcount != 0 || rcode == 0)) {
+	if (qdcount == 1 ? !same_question(s, avail, v) : (qdcount != 0 || rcode == 0)) {
 		stat_inc(DNS_STAT_MISMATCH);
 		return 0;
 	}
@@ -515,7 +621,8 @@ __noinline int dns_response(struct __sk_buff *skb, struct dns_pkt *p, __u32 off,
 			e->msg_total = total;
 			if (n > cap)
 				n = cap;
-			if (n >= 1 && n <= cap && !bpf_skb_load_bytes(skb, off, e->data, n))
+			if (n >= 1 && n <= DNS_DATA_MAX &&
+			    !bpf_probe_read_kernel(e->data, n, s->buf))
 				e->data_len = n;
 		}
 	} else {
@@ -542,180 +649,185 @@ __noinline int dns_response(struct __sk_buff *skb, struct dns_pkt *p, __u32 off,
 	return 0;
 }
 
-static __always_inline void dns_message(struct __sk_buff *skb, struct dns_pkt *p, __u32 off,
-					__u32 avail, __u32 total)
+/* One message of the call at `off`: its first bytes into buf, then parsed. */
+static __always_inline void message(struct dns_scratch *s, __u64 skp, __u64 off, __u32 avail,
+				    __u32 total, bool sending, struct dns_peer *peer)
 {
-	if (p->egress)
-		dns_query(skb, p, off, avail, total);
+	__u32 n = avail < DNS_DATA_MAX ? avail : DNS_DATA_MAX;
+
+	if (n && gather(s, off, n)) {
+		stat_inc(DNS_STAT_UNREADABLE);
+		return;
+	}
+	if (sending)
+		dns_query(s, skp, n, total, peer);
 	else
-		dns_response(skb, p, off, avail, total);
+		dns_response(s, skp, n, total);
 }
 
-/* DNS over TCP: messages with a 2-byte length prefix, any number per segment,
- * a message possibly continuing over several. The first DNS_TCP_MSGS
- * messages starting in a segment are parsed; a message running past the
- * segment leaves its end's sequence number, so its continuation is skipped. */
-__noinline int dns_tcp(struct __sk_buff *skb, struct dns_pkt *p)
+/* ---------------------------------------------------------------- calls */
+
+/* A UDP call: one datagram. `connected`: the socket's peer is a DNS port. */
+__noinline int dns_udp_call(__u64 skp, __u32 ret, __u32 sending, __u32 connected)
 {
-	struct dns_tcp_key tk = {};
-	__u32 o = 0, plen, *next;
-	__u16 prefix;
+	const struct sock *sk = SOCK_RO((void *)skp);
+	struct dns_peer peer = {};
+	struct dns_scratch *s;
+	__u64 name = 0, now;
 
-	if (!p)
+	if (!sk)
 		return 0;
-	plen = p->len;
-	tk.cookie = bpf_get_socket_cookie(skb);
-	tk.egress = p->egress;
-	next = bpf_map_lookup_elem(&dns_tcp_next, &tk);
-	if (next) {
-		__s32 d = (__s32)(*next - p->seq);
+	s = scratch_take();
+	if (!s)
+		return 0;
+	if (segs_fill(s, ret, sending && !connected ? &name : 0)) {
+		if (connected)
+			stat_inc(DNS_STAT_UNREADABLE);
+		goto out;
+	}
+	if (connected)
+		peer_of_sock(sk, &peer);
+	else if (sending && !peer_of_name(name, &peer))
+		goto out; /* not to a DNS port */
+	if (sending && !fd_is_sock(sk))
+		goto out;
+	peer.proto = IPPROTO_UDP;
+	message(s, skp, 0, ret, ret, sending, &peer);
+	if (sending && !connected) {
+		now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&dns_socks, &skp, &now, BPF_ANY);
+	}
+out:
+	s->busy = 0;
+	return 0;
+}
 
-		if (d >= (__s32)plen) {
-			stat_inc(DNS_STAT_TCP_CONTINUED); /* or a retransmission of one */
+/* A TCP call on a connection to a DNS port: messages with a 2-byte length
+ * prefix, any number per call, a message possibly continuing over several
+ * (glibc reads the prefix and the message in two calls). The first
+ * DNS_TCP_MSGS messages starting in a call are parsed; a message running past
+ * the call leaves where the next one starts, so its continuation is skipped. */
+__noinline int dns_tcp_call(__u64 skp, __u32 ret, __u32 sending)
+{
+	const struct sock *sk = SOCK_RO((void *)skp);
+	const struct tcp_sock *tp = TCP_RO((void *)skp);
+	struct dns_tcp_key tk = {};
+	struct dns_tcp_next nx, *st;
+	struct dns_peer peer = {};
+	struct dns_scratch *s;
+	__u32 start, o = 0, body = 0;
+
+	if (!sk || !tp)
+		return 0;
+	start = (sending ? tp->write_seq : read_end(sk, tp)) - ret;
+	tk.sock = skp;
+	tk.egress = sending;
+	st = bpf_map_lookup_elem(&dns_tcp_next, &tk);
+	if (st) {
+		__s32 d = (__s32)(st->seq - start);
+
+		if (d >= (__s32)ret) {
+			stat_inc(DNS_STAT_TCP_CONTINUED);
 			return 0;
 		}
-		if (d > 0)
+		if (d >= 0) {
 			o = d;
+			body = st->body;
+		}
 		bpf_map_delete_elem(&dns_tcp_next, &tk);
+	}
+	s = scratch_take();
+	if (!s)
+		return 0;
+	if (segs_fill(s, ret, 0)) {
+		stat_inc(DNS_STAT_UNREADABLE);
+		goto out;
+	}
+	peer_of_sock(sk, &peer);
+	peer.proto = IPPROTO_TCP;
+	if (body) { /* the prefix ended the last call: the message starts here */
+		message(s, skp, o, ret - o < body ? ret - o : body, body, sending, &peer);
+		o += body;
 	}
 	for (__u32 i = 0; i < DNS_TCP_MSGS; i++) {
 		__u32 total, avail;
 
-		if (o >= plen)
-			return 0;
-		if (plen - o < 2 || bpf_skb_load_bytes(skb, p->off + o, &prefix, 2)) {
+		if (o >= ret)
+			break;
+		if (ret - o < 2 || gather(s, o, 2)) {
 			stat_inc(DNS_STAT_MAL_TCP);
-			return 0;
+			goto out;
 		}
-		total = bpf_ntohs(prefix);
-		avail = plen - o - 2;
+		total = ((__u32)s->buf[0] << 8) | s->buf[1];
+		if (ret - o == 2) { /* the message follows in the next call */
+			nx.seq = start + ret;
+			nx.body = total;
+			bpf_map_update_elem(&dns_tcp_next, &tk, &nx, BPF_ANY);
+			goto out;
+		}
+		avail = ret - o - 2;
 		if (avail > total)
 			avail = total;
-		dns_message(skb, p, p->off + o + 2, avail, total);
+		message(s, skp, o + 2, avail, total, sending, &peer);
 		o += 2 + total;
-		if (o > plen) {
-			__u32 at = p->seq + o;
+	}
+	if (o > ret) {
+		nx.seq = start + o;
+		nx.body = 0;
+		bpf_map_update_elem(&dns_tcp_next, &tk, &nx, BPF_ANY);
+	} else if (o < ret) {
+		stat_inc(DNS_STAT_TCP_EXTRA);
+	}
+out:
+	s->busy = 0;
+	return 0;
+}
 
-			bpf_map_update_elem(&dns_tcp_next, &tk, &at, BPF_ANY);
-			return 0;
+/* The per-call cost for everything else: the protocol and the peer port (for
+ * an unconnected UDP socket, the destination its caller gave, or whether it
+ * sent a query). */
+static __always_inline void on_call(__u64 skp, int ret, int flags, bool sending, bool *tcp)
+{
+	const struct sock *sk = SOCK_RO((void *)skp);
+	__u16 dport;
+
+	if (!sk)
+		return;
+	*tcp = sk->sk_protocol == IPPROTO_TCP;
+	if (ret <= 0 || (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
+		return; /* bytes read again later, or never copied */
+	dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (*tcp) {
+		if (is_dns_port(dport))
+			dns_tcp_call(skp, ret, sending);
+	} else if (sk->sk_protocol == IPPROTO_UDP) {
+		if (dport) {
+			if (is_dns_port(dport))
+				dns_udp_call(skp, ret, sending, 1);
+		} else if (sending || bpf_map_lookup_elem(&dns_socks, &skp)) {
+			dns_udp_call(skp, ret, sending, 0);
 		}
 	}
-	if (o < plen)
-		stat_inc(DNS_STAT_TCP_EXTRA);
+}
+
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(dns_send, struct sock *sk, int ret, int flags)
+{
+	bool tcp = false;
+
+	on_call((__u64)sk, ret, flags, true, &tcp);
+	SOCKCHAIN_NEXT_PROTO(ctx, sockchain_send_progs, tcp);
 	return 0;
 }
 
-/* Slow path: addresses, L4 header, then the message(s). */
-__noinline int dns_packet(struct __sk_buff *skb, __u32 l4off, __u32 proto_egress)
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(dns_recv, struct sock *sk, int ret, int flags)
 {
-	struct dns_pkt p = {};
-	__u32 len = skb->len;
+	bool tcp = false;
 
-	p.proto = proto_egress & 0xff;
-	p.egress = proto_egress >> 8;
-	if (skb->protocol == ETH_P_IP_BE) {
-		p.family = AF_INET;
-		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, saddr), p.saddr, 4) ||
-		    bpf_skb_load_bytes(skb, offsetof(struct iphdr, daddr), p.daddr, 4))
-			return 0;
-	} else {
-		p.family = AF_INET6;
-		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, saddr), p.saddr, 16) ||
-		    bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, daddr), p.daddr, 16))
-			return 0;
-	}
-	if (p.proto == IPPROTO_UDP) {
-		struct udphdr uh;
-		__u32 ulen;
-
-		if (bpf_skb_load_bytes(skb, l4off, &uh, sizeof(uh)))
-			return 0;
-		p.sport = bpf_ntohs(uh.source);
-		p.dport = bpf_ntohs(uh.dest);
-		p.off = l4off + sizeof(uh);
-		ulen = bpf_ntohs(uh.len);
-		if (ulen < sizeof(uh) || p.off > len)
-			return 0;
-		p.len = ulen - sizeof(uh);
-		if (p.len > len - p.off)
-			p.len = len - p.off;
-		dns_message(skb, &p, p.off, p.len, p.len);
-		return 0;
-	}
-	{
-		struct tcphdr th;
-
-		if (bpf_skb_load_bytes(skb, l4off, &th, sizeof(th)))
-			return 0;
-		p.sport = bpf_ntohs(th.source);
-		p.dport = bpf_ntohs(th.dest);
-		p.seq = bpf_ntohl(th.seq);
-		p.off = l4off + th.doff * 4;
-		if (p.off >= len)
-			return 0; /* no payload: handshake, ACK, FIN */
-		p.len = len - p.off;
-		dns_tcp(skb, &p);
-	}
+	on_call((__u64)sk, ret, flags, false, &tcp);
+	SOCKCHAIN_NEXT_PROTO(ctx, sockchain_recv_progs, tcp);
 	return 0;
-}
-
-/* The per-packet cost for everything else: protocol and ports from the
- * linear header, compared with the DNS ports. */
-static __always_inline int handle(struct __sk_buff *skb, bool egress)
-{
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	__u32 l4off;
-	__u16 *pp;
-	__u8 proto;
-
-	if (skb->protocol == ETH_P_IP_BE) {
-		struct iphdr *ip = data;
-
-		if ((void *)(ip + 1) > end)
-			return 1;
-		proto = ip->protocol;
-		if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
-			return 1;
-		/* later fragments carry no L4 header (the egress hook sees whole datagrams) */
-		if (ip->frag_off & bpf_htons(0x1fff))
-			return 1;
-		l4off = ip->ihl * 4;
-	} else if (skb->protocol == ETH_P_IPV6_BE) {
-		struct ipv6hdr *ip6 = data;
-
-		if ((void *)(ip6 + 1) > end)
-			return 1;
-		proto = ip6->nexthdr; /* extension headers are not walked */
-		if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
-			return 1;
-		l4off = sizeof(*ip6);
-	} else {
-		return 1;
-	}
-	pp = data + l4off;
-	if ((void *)(pp + 2) > end)
-		return 1;
-	if (!is_dns_port(bpf_ntohs(egress ? pp[1] : pp[0])))
-		return 1;
-	dns_packet(skb, l4off, proto | ((__u32)egress << 8));
-	return 1;
-}
-
-SEC("cgroup_skb/egress")
-int dns_egress(struct __sk_buff *skb)
-{
-	handle(skb, true);
-	SKBCHAIN_NEXT_EGRESS(skb);
-	return 1;
-}
-
-SEC("cgroup_skb/ingress")
-int dns_ingress(struct __sk_buff *skb)
-{
-	handle(skb, false);
-	SKBCHAIN_NEXT_INGRESS(skb);
-	return 1;
 }
 
 /* Name record types and enums once so they are in the object's BTF. */

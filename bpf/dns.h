@@ -34,8 +34,8 @@ enum dns_stat {
 	DNS_STAT_UNMATCHED = 6,	    /* response with no pending query (late, foreign, spoofed) */
 	DNS_STAT_MISMATCH = 7,	    /* response whose question is not the query's: ignored */
 	DNS_STAT_DUPLICATE = 8,	    /* query while one with the same key is pending (retry) */
-	DNS_STAT_TCP_CONTINUED = 9, /* TCP segment inside a message that began earlier */
-	DNS_STAT_TCP_EXTRA = 10,    /* more messages in one TCP segment than are parsed */
+	DNS_STAT_TCP_CONTINUED = 9, /* TCP call inside a message that began earlier */
+	DNS_STAT_TCP_EXTRA = 10,    /* more messages in one TCP call than are parsed */
 	DNS_STAT_MAL_SHORT = 11,    /* malformed: shorter than a DNS header */
 	DNS_STAT_MAL_OPCODE = 12,   /* malformed or not a standard query: opcode != QUERY */
 	DNS_STAT_MAL_QDCOUNT = 13,  /* malformed query: question count != 1 */
@@ -43,24 +43,25 @@ enum dns_stat {
 	DNS_STAT_MAL_POINTER = 15,  /* malformed query: compression pointer in its question */
 	DNS_STAT_MAL_NAME_LONG = 16, /* malformed: name longer than 255 bytes */
 	DNS_STAT_MAL_TRUNCATED = 17, /* malformed: message ends inside the question */
-	DNS_STAT_MAL_TCP = 18,	     /* TCP segment too short for the length prefix and header */
+	DNS_STAT_MAL_TCP = 18,	     /* TCP call too short for the length prefix and header */
 	DNS_STAT_LIVE = 19,	     /* pending inserts minus deletes */
 	DNS_STAT_SWEEPER_RETRY = 20, /* the sweeper timer could not be armed yet (retried) */
 	DNS_STAT_SWEEPS = 21,	     /* passes of the sweeper over the pending map */
-	DNS_STAT_MAX = 22,
+	DNS_STAT_UNREADABLE = 22,    /* a call to or from a DNS port without user buffers to read */
+	DNS_STAT_MAX = 23,
 };
 
-/* One outstanding query: the client's socket, the server, the DNS id. Ports in
- * host order; IPv4 addresses in the first 4 bytes. */
+/* One outstanding query: the client's socket (its kernel address) and the DNS
+ * id. Not the server: an unconnected socket's answer reaches the tracepoint
+ * before its source address is copied out. The question is compared instead. */
 struct dns_key {
-	__u64 cookie;
-	__u8 server[16];
-	__u16 server_port;
+	__u64 sock;
 	__u16 id;
-	__u16 family;
 	__u16 __pad0;
+	__u32 __pad1;
 };
 
+/* Ports in host order; IPv4 addresses in the first 4 bytes. */
 struct dns_pending {
 	__u64 start_ns; /* 0 while the entry is being filled */
 	__u64 netns;
@@ -69,7 +70,10 @@ struct dns_pending {
 	__u32 pid;
 	char comm[DNS_COMM_LEN];
 	__u8 client[16];
+	__u8 server[16];
 	__u16 client_port;
+	__u16 server_port;
+	__u16 family;
 	__u16 qtype;
 	__u16 qlen; /* bytes of question[] that hold the question */
 	__u8 proto; /* IPPROTO_UDP or IPPROTO_TCP */
@@ -109,11 +113,16 @@ struct dns_agg_value {
 	__u32 __pad0;
 };
 
-/* TCP: where the next message starts when one continues past a segment. */
+/* TCP: where the next message starts when one continues past a call. */
 struct dns_tcp_key {
-	__u64 cookie;
+	__u64 sock;
 	__u32 egress;
 	__u32 __pad0;
+};
+
+struct dns_tcp_next {
+	__u32 seq;  /* stream position of the next unparsed byte */
+	__u32 body; /* a length prefix ended the last call: the message's length; else 0 */
 };
 
 /* One completed query (response or timeout). data[] holds the first bytes of
@@ -121,7 +130,7 @@ struct dns_tcp_key {
  * query's question (DNS_EVF_QUESTION: timeouts, answers without a question).
  * Only the header and data_cap bytes of data[] are submitted. */
 struct dns_event {
-	__u64 cookie;
+	__u64 sock;
 	__u64 start_ns;
 	__u64 end_ns;
 	__u64 netns;

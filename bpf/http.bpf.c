@@ -21,6 +21,7 @@
  * and finishes a connection's exchanges at its close. See docs/http.md. */
 #include "meshlens.bpf.h"
 #include "http.h"
+#include "sockcall.h"
 #include "sockchain.h"
 
 #define WIN 512                /* bytes of a call loaded at once */
@@ -1993,96 +1994,6 @@ static __always_inline void endpoint_key(const struct sock *sk, struct http_endp
 
 /* ---------------------------------------------------------------- the caller's buffers */
 
-/* The system calls whose buffers hold a socket call's bytes, and where their
- * arguments are in the saved registers. */
-#if defined(__TARGET_ARCH_x86)
-#define NR_READ 0
-#define NR_WRITE 1
-#define NR_READV 19
-#define NR_WRITEV 20
-#define NR_SENDTO 44
-#define NR_RECVFROM 45
-#define NR_SENDMSG 46
-#define NR_RECVMSG 47
-#define NR_PREADV2 327
-#define NR_PWRITEV2 328
-#define SYSCALL_NR(r) ((r)->orig_ax)
-#define SYSCALL_ARG1(r) ((r)->di)
-#define SYSCALL_ARG2(r) ((r)->si)
-#define SYSCALL_ARG3(r) ((r)->dx)
-#elif defined(__TARGET_ARCH_arm64)
-#define NR_READ 63
-#define NR_WRITE 64
-#define NR_READV 65
-#define NR_WRITEV 66
-#define NR_SENDTO 206
-#define NR_RECVFROM 207
-#define NR_SENDMSG 211
-#define NR_RECVMSG 212
-#define NR_PREADV2 286
-#define NR_PWRITEV2 287
-#define SYSCALL_NR(r) ((r)->syscallno)
-#define SYSCALL_ARG1(r) ((r)->orig_x0)
-#define SYSCALL_ARG2(r) ((r)->regs[1])
-#define SYSCALL_ARG3(r) ((r)->regs[2])
-#else
-#error "http.bpf.c: syscall registers of this architecture are not described"
-#endif
-
-#define PF_KTHREAD_FLAG 0x00200000
-#define MSG_OOB_FLAG 1
-#define MSG_TRUNC_FLAG 0x20
-
-#define TCP_RO(sk) \
-	((const struct tcp_sock *)bpf_rdonly_cast((sk), bpf_core_type_id_kernel(struct tcp_sock)))
-
-static __always_inline struct pt_regs *syscall_regs(void)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-
-	if (t->flags & PF_KTHREAD_FLAG)
-		return 0;
-	return (struct pt_regs *)bpf_task_pt_regs(t);
-}
-
-/* The buffers of the system call that moved this call's `ret` bytes, from the
- * caller's saved registers: read/write, readv/writev, recvfrom/sendto,
- * recvmsg/sendmsg, preadv2/pwritev2. Anything else (sendfile and splice,
- * io_uring, a kernel thread) has no buffers we can read: -1, and the call's
- * bytes are skipped like bytes not seen. (Not inlined: off handle()'s stack.) */
-#define CALL_NONE 0   /* no user buffers */
-#define CALL_BUF 1    /* one buffer: *a = address, *b = length */
-#define CALL_IOV 2    /* an iovec array: *a = address, *b = count */
-
-/* What the saved registers say the system call's buffers are. */
-static __always_inline int call_buffers(struct pt_regs *r, __u64 *a, __u64 *b)
-{
-	__u64 m[4]; /* struct user_msghdr: name, namelen, iov, iovlen */
-
-	*a = SYSCALL_ARG2(r);
-	*b = SYSCALL_ARG3(r);
-	switch (SYSCALL_NR(r)) {
-	case NR_READ:
-	case NR_WRITE:
-	case NR_RECVFROM:
-	case NR_SENDTO:
-		return CALL_BUF;
-	case NR_READV:
-	case NR_WRITEV:
-	case NR_PREADV2:
-	case NR_PWRITEV2:
-		return CALL_IOV;
-	case NR_RECVMSG:
-	case NR_SENDMSG:
-		if (bpf_probe_read_user(m, sizeof(m), (const void *)*a))
-			return CALL_NONE;
-		*a = m[2];
-		*b = m[3];
-		return CALL_IOV;
-	}
-	return CALL_NONE;
-}
-
 GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 {
 	struct pt_regs *r = syscall_regs();
@@ -2096,7 +2007,7 @@ GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 	u->n = 0;
 	if (!r)
 		return -1;
-	switch (call_buffers(r, &a, &b)) {
+	switch (call_buffers(r, &a, &b, 0)) {
 	case CALL_BUF:
 		u->seg[0].base = a;
 		u->seg[0].len = b;
@@ -2126,42 +2037,7 @@ GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 	return 0;
 }
 
-/* Is the system call's file descriptor this socket? Checked once, when a
- * connection starts: a socket the kernel writes to inside another call (NFS
- * under write()) is not the caller's. */
-static __always_inline bool fd_is_sock(const struct sock *sk)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct pt_regs *r = syscall_regs();
-	struct file **fds;
-	struct file *f = 0;
-	__u64 fd;
-
-	if (!r)
-		return false;
-	fd = SYSCALL_ARG1(r);
-	if (fd >= BPF_CORE_READ(t, files, fdt, max_fds))
-		return false;
-	fds = BPF_CORE_READ(t, files, fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), fds + fd) || !f)
-		return false;
-	return BPF_CORE_READ(f, private_data) == (void *)BPF_CORE_READ(sk, sk_socket);
-}
-
 /* ---------------------------------------------------------------- calls */
-
-/* Sequence number just past the bytes the application has read. A recv() that
- * reads up to a FIN consumes the FIN too (copied_seq moves one further):
- * the FIN arrived (SOCK_DONE) and nothing is left unread, FIN included. */
-static __always_inline __u32 read_end(const struct sock *sk, const struct tcp_sock *tp)
-{
-	__u32 end = tp->copied_seq;
-
-	if ((sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) &&
-	    end == tp->rcv_nxt)
-		end -= 1;
-	return end;
-}
 
 /* Does the call's data start like a request line? Its first (up to) 8 bytes in *w. */
 static __always_inline bool method_start(struct scratch *s, __u32 plen, __u64 *w)
@@ -2424,7 +2300,7 @@ static __noinline bool starts_like_request(int ret)
 
 	if (!r || ret <= 0)
 		return false;
-	switch (call_buffers(r, &a, &b)) {
+	switch (call_buffers(r, &a, &b, 0)) {
 	case CALL_BUF:
 		break;
 	case CALL_IOV:

@@ -15,10 +15,12 @@ static __always_inline int dispatch(void *ctx, void *progs, const struct sock *s
 	proto = s->sk_protocol;
 	if (proto == IPPROTO_TCP) {
 		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP_APP);
+		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP_DNS);
 		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP);
-	}
-	else if (proto == IPPROTO_UDP)
+	} else if (proto == IPPROTO_UDP) {
+		bpf_tail_call(ctx, progs, SOCKCHAIN_UDP_DNS);
 		bpf_tail_call(ctx, progs, SOCKCHAIN_UDP);
+	}
 	return 0;
 }
 

@@ -9,8 +9,10 @@
  * early return. The dispatcher pays one and reads the protocol once.
  *
  * A TCP socket's call runs the TCP_APP member first (http), which ends with
- * SOCKCHAIN_NEXT_TCP() into the TCP member (tcpflow); with no TCP_APP member
- * the dispatcher jumps to TCP directly. Members are ordinary raw_tp programs
+ * SOCKCHAIN_NEXT_TCP() into the TCP_DNS member (dns), which ends with
+ * SOCKCHAIN_NEXT_PROTO() into the TCP member (tcpflow); an empty slot falls
+ * through to the next one. A UDP socket's call runs UDP_DNS (dns), then UDP
+ * (udpflow). dns holds both of its slots with the same programs. Members are ordinary raw_tp programs
  * (they still return early for a protocol not theirs, so a probe that finds
  * its slot taken attaches them on its own); the loader
  * (src/meshlens/probes/sockchain.py) puts them in the slot of their protocol
@@ -21,8 +23,10 @@
 enum sockchain_slot {
 	SOCKCHAIN_TCP = 0,
 	SOCKCHAIN_UDP = 1,
-	SOCKCHAIN_TCP_APP = 2, /* runs before SOCKCHAIN_TCP */
-	SOCKCHAIN_SLOTS = 3,
+	SOCKCHAIN_TCP_APP = 2, /* runs first on TCP */
+	SOCKCHAIN_TCP_DNS = 3, /* after TCP_APP, before TCP */
+	SOCKCHAIN_UDP_DNS = 4, /* before UDP */
+	SOCKCHAIN_SLOTS = 5,
 };
 
 struct sockchain_array {
@@ -35,8 +39,21 @@ struct sockchain_array {
 struct sockchain_array sockchain_send_progs SEC(".maps");
 struct sockchain_array sockchain_recv_progs SEC(".maps");
 
-/* A TCP_APP member's last step: the TCP member, if any (a constant index: the
- * verifier makes it a direct jump). */
-#define SOCKCHAIN_NEXT_TCP(ctx, array) bpf_tail_call(ctx, &array, SOCKCHAIN_TCP)
+/* A TCP_APP member's last step: the members after it, if any (constant
+ * indexes: the verifier makes each a direct jump; an empty slot falls through). */
+#define SOCKCHAIN_NEXT_TCP(ctx, array)                         \
+	do {                                                   \
+		bpf_tail_call(ctx, &array, SOCKCHAIN_TCP_DNS); \
+		bpf_tail_call(ctx, &array, SOCKCHAIN_TCP);     \
+	} while (0)
+
+/* A *_DNS member's last step: the protocol's accounting member. */
+#define SOCKCHAIN_NEXT_PROTO(ctx, array, is_tcp)               \
+	do {                                                   \
+		if (is_tcp)                                    \
+			bpf_tail_call(ctx, &array, SOCKCHAIN_TCP); \
+		else                                           \
+			bpf_tail_call(ctx, &array, SOCKCHAIN_UDP); \
+	} while (0)
 
 #endif /* MESHLENS_SOCKCHAIN_H */

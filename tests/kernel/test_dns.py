@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -233,7 +234,10 @@ def settle(agent: Agent, feat: DnsFeature, done: Callable[[], bool], timeout: fl
 
 
 def mine(records: list[DnsQuery], dl: DnsLab) -> list[DnsQuery]:
-    return [q for q in records if q.netns and q.client in (dl.client.addr, dl.client.addr6)]
+    """The client host's queries (by its netns: an unconnected socket bound to the
+    wildcard address, as a resolver's is, has no local address of its own)."""
+    netns = os.stat(f"/run/netns/{dl.client.name}").st_ino
+    return [q for q in records if q.netns == netns]
 
 
 # -- the tests -----------------------------------------------------------------------
@@ -599,3 +603,34 @@ def test_trace_dns_cli(dns_lab: DnsLab) -> None:
     assert alias["server"] == dl.server_label and alias["comm"].startswith("python")
     assert 0 < alias["latency_ms"] <= seen[0]["latency"] * 1e3
     assert nx["rcode"] == "NXDOMAIN" and nx["answers"] == []
+
+
+def test_glibc_resolver_queries_in_one_sendmmsg(
+    dns_lab: DnsLab, dns_agent: Callable[..., tuple[Agent, DnsFeature]]
+) -> None:
+    """getaddrinfo() (glibc) sends the A and the AAAA query together in one
+    sendmmsg() on a connected socket and reads the answers with recvfrom(): each
+    query counted once, with its type."""
+    dl = dns_lab
+    agent, feat = dns_agent()
+    records: list[DnsQuery] = []
+    feat.listeners.append(records.append)
+    conf = Path("/etc/netns") / dl.client.name
+    conf.mkdir(parents=True, exist_ok=True)
+    try:
+        # `ip netns exec` mounts this over /etc/resolv.conf for the client
+        (conf / "resolv.conf").write_text(
+            f"nameserver {dl.server.addr}\noptions timeout:2 attempts:1\n"
+        )
+        lookups = 3
+        for _ in range(lookups):
+            out = dl.client.run("getent", "ahosts", "web.mlab.test", timeout=30).stdout.decode()
+            assert dl.web in out
+    finally:
+        shutil.rmtree(conf, ignore_errors=True)
+    expected = Counter({("A", "NOERROR"): lookups, ("AAAA", "NOERROR"): lookups})
+    labels = {"source_workload": dl.client_workload, "server": dl.server_label}
+    settle(agent, feat, lambda: requests_by(scrape(agent, feat), **labels) == expected)
+    mine_recs = [q for q in mine(records, dl) if q.name == "web.mlab.test"]
+    assert sorted(dnsmsg.qtype_text(q.qtype) for q in mine_recs) == ["A"] * 3 + ["AAAA"] * 3
+    assert all(q.proto == "udp" and q.comm == "getent" for q in mine_recs), mine_recs

@@ -1,22 +1,19 @@
-"""The cgroup_skb chain: one program per direction on the cgroup root for the
-whole agent, every feature behind it, and a member that leaves does not cut
+"""The cgroup_skb chain: one program per direction in use on the cgroup root for
+the whole agent, every feature behind it, and a member that leaves does not cut
 off the members after it."""
 
 from __future__ import annotations
 
 import os
 import socket
-import struct
 from typing import Any
 
 import pytest
 from kernel_helpers import bpf_objects_of, bpftool
 
-from meshlens.dnsmsg import encode_name
 from meshlens.loadgen import free_port
 from meshlens.probes import skbchain
-from meshlens.probes.dns import DnsProbe
-from meshlens.probes.dns import Stat as DnsStat
+from meshlens.probes.tcphealth import TcpHealthProbe
 
 N = 101
 
@@ -37,59 +34,57 @@ def root_attached_ids(skb_only: bool = True) -> set[int]:
     }
 
 
-def test_agent_attaches_one_program_per_direction(make_agent: Any) -> None:
+def test_agent_attaches_one_program_per_direction_in_use(make_agent: Any) -> None:
+    """Only the listen queues still read packets (ingress); no program runs on any
+    packet a socket sends."""
     before = bpf_objects_of(os.getpid())[0]
     agent = make_agent()
     ours = bpf_objects_of(os.getpid())[0] - before
     chain = skbchain.current()
     assert chain is not None and chain.obj
-    dispatchers = {chain.obj.programs[f"skbchain_{d}_run"].fd for d in skbchain.DIRECTIONS}
     attached = root_attached_ids() & ours
-    assert len(attached) == len(dispatchers) == 2, attached
+    assert len(attached) == 1, attached  # the ingress dispatcher
+    assert set(chain.links) == {"ingress"}
     # every feature's cgroup_skb program is a member instead
     members = {d: set(chain.members[d].values()) for d in skbchain.DIRECTIONS}
-    assert {"dns_egress"} <= members["egress"]
-    assert {"dns_ingress", "tcphealth_listen"} <= members["ingress"]
-    # http reads socket calls (behind the socket chain), no packets
-    assert not any(m.startswith("http") for d in members for m in members[d])
+    assert members == {"egress": set(), "ingress": {"tcphealth_listen"}}
     agent.stop()
     assert skbchain.current() is None
     assert not (root_attached_ids(skb_only=False) & ours)
 
 
-def dns_queries(n: int, port: int) -> None:
-    """n DNS queries over loopback UDP to a socket that takes them."""
-    query = struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0) + encode_name("example.test")
-    query += struct.pack("!2H", 1, 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv:
+def connections(n: int, port: int) -> None:
+    """n loopback TCP connections to a listener on port, accepted and closed."""
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the first run's TIME_WAIT
         srv.bind(("127.0.0.1", port))
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
-            for i in range(n):
-                cli.sendto(struct.pack("!H", i) + query[2:], ("127.0.0.1", port))
-                srv.recv(512)
+        srv.listen(64)
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", port)):
+                srv.accept()[0].close()
 
 
-def queries_seen(probe: DnsProbe) -> int:
-    return probe.stats()[DnsStat.QUERIES]
+def syns_seen(probe: TcpHealthProbe, port: int) -> int:
+    keys, vals = probe.read_listeners()
+    return int(sum(int(v["syns"]) for k, v in zip(keys, vals, strict=True) if k["port"] == port))
 
 
 def test_member_leaving_keeps_later_members_counting() -> None:
     port = free_port()
-    first, second = DnsProbe(ports=(port,)), DnsProbe(ports=(port,))
+    first, second = TcpHealthProbe(), TcpHealthProbe()
     first.start()
     try:
         second.start()
         try:
-            dns_queries(N, port)
-            assert queries_seen(first) == queries_seen(second) > 0
-            per_run = queries_seen(second)
+            connections(N, port)
+            assert syns_seen(first, port) == syns_seen(second, port) == N
             chain = skbchain.current()
             assert chain is not None
-            slot = first.membership.slots["egress"][0] if first.membership else -1
+            slot = first.membership.slots["ingress"][0] if first.membership else -1
             first.close()  # its slot now holds a pass-through program
-            assert slot not in chain.members["egress"]
-            dns_queries(N, port)
-            assert queries_seen(second) == 2 * per_run
+            assert slot not in chain.members["ingress"]
+            connections(N, port)
+            assert syns_seen(second, port) == 2 * N
         finally:
             second.close()
     finally:

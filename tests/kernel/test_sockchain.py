@@ -31,10 +31,13 @@ def test_agent_runs_one_program_per_send_recv_tracepoint(make_agent: Any) -> Non
     assert chain.seated == {
         sockchain.Slot.TCP: "tcpflow",
         sockchain.Slot.UDP: "udpflow",
-        sockchain.Slot.TCP_APP: "http",  # first on TCP calls, then tcpflow
+        sockchain.Slot.TCP_APP: "http",  # first on TCP calls, then dns, then tcpflow
+        sockchain.Slot.TCP_DNS: "dns",
+        sockchain.Slot.UDP_DNS: "dns",  # first on UDP calls, then udpflow
     }
     http = next(f.probe for f in agent.features if f.probe.name == "http")
-    for probe in (agent.tcp, agent.udp, http):
+    dns = next(f.probe for f in agent.features if f.probe.name == "dns")
+    for probe in (agent.tcp, agent.udp, http, dns):
         assert not own_links(probe) & set(SOCK_IO)  # they run behind the chain
         assert any("sockchain[" in t for t in probe.status.attached), probe.status.attached
     agent.stop()

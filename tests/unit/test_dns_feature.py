@@ -70,7 +70,7 @@ def event(**over: Any) -> bytes:
             ),
         )
     fields: dict[str, Any] = dict(
-        cookie=9, start_ns=1_000_000, end_ns=3_500_000, netns=1, cgroup_id=5, tgid=77,
+        sock=9, start_ns=1_000_000, end_ns=3_500_000, netns=1, cgroup_id=5, tgid=77,
         pid=78, comm=b"curl", client=v4("198.18.0.1"), server=v4("198.18.0.2"),
         client_port=40000, server_port=53, family=2, id=0x4242, qtype=1, rcode=0,
         qlen=len(QUESTION), data_len=min(len(resp), 512), msg_total=len(resp), proto=17,

@@ -1,5 +1,5 @@
-"""DNS: per-query latency, response codes, timeouts and names, from the packets
-of local sockets; and DNS names for remote peers (docs/dns.md).
+"""DNS: per-query latency, response codes, timeouts and names, from the socket
+calls of local clients; and DNS names for remote peers (docs/dns.md).
 
 Counts and latency histograms come from a kernel map (bpf/dns.bpf.c), so they
 never depend on user space keeping up. Each completed query also comes up a ring
@@ -688,11 +688,13 @@ class DnsFeature(Feature):
             (probe.Stat.EVENTS_LOST, "record_lost"),
             (probe.Stat.PENDING_FULL, "pending_map_full"),
             (probe.Stat.AGG_FULL, "aggregate_map_full"),
+            (probe.Stat.UNREADABLE, "unreadable_call"),
         )
         yield kernel_events(
             "dns",
             "DNS probe bookkeeping: queries tracked, responses matched, timeouts, retries "
-            "of a pending query, TCP segments skipped, records lost, entries not created.",
+            "of a pending query, TCP calls skipped, records lost, entries not created, calls "
+            "whose bytes could not be read.",
             [*((label, s.get(stat, 0)) for stat, label in events), ("response_partial", partial)],
         )
         pending = GaugeMetricFamily("meshlens_dns_pending", "DNS queries awaiting an answer.")

@@ -138,7 +138,7 @@ class Probe:
     chain_member = True
     # A probe that accounts one protocol's send()/recv() calls runs behind the
     # process's socket chain at this slot (bpf/sockchain.h, docs/sockchain.md).
-    sockchain_slot: int | None = None
+    sockchain_slot: int | tuple[int, ...] | None = None
     seat: Seat | None = None
 
     # Programs the probe can run without, on kernels that refuse them (e.g. the

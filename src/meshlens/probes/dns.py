@@ -1,8 +1,9 @@
-"""DNS queries and responses (bpf/dns.bpf.c): parsed from the packets of local
-sockets by cgroup_skb on the cgroup-v2 root, matched query→response in the
-kernel, counted there per owner/server/type/rcode with a latency histogram,
-timed out by a kernel sweeper timer. Each completed query also comes up a ring
-buffer (the first bytes of the response, or the question). See docs/dns.md."""
+"""DNS queries and responses (bpf/dns.bpf.c): read from the socket calls of local
+clients (the caller's own buffers, at the end of each send/recv, behind the
+socket chain), matched query→response in the kernel, counted there per
+owner/server/type/rcode with a latency histogram, timed out by a kernel
+sweeper timer. Each completed query also comes up a ring buffer (the first
+bytes of the response, or the question). See docs/dns.md."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import enum
 import numpy as np
 
 from ..layout import Layout, layout
-from .base import CgroupProbe
+from .base import Probe
+from .sockchain import Slot
 
 PENDING_MAP = "dns_pending"
 AGG_MAP = "dns_agg"
 TCP_MAP = "dns_tcp_next"
 EVENTS_MAP = "dns_events"
 STATS_MAP = "dns_stats"
+SWEEPER_START = "dns_start_sweeper"
 
 QUESTION_MAX = 260
 DATA_MAX = 512
@@ -66,6 +69,7 @@ class Stat(enum.IntEnum):
     LIVE = 19
     SWEEPER_RETRY = 20
     SWEEPS = 21
+    UNREADABLE = 22
 
 
 # Kernel malformed counters -> the `reason` label of meshlens_dns_malformed_total
@@ -82,15 +86,7 @@ MALFORMED = {
     Stat.MAL_TCP: "tcp_segment",
 }
 
-KEY = layout(
-    "dns_key",
-    ("cookie", "u64"),
-    ("server", "u8[16]"),
-    ("server_port", "u16"),
-    ("id", "u16"),
-    ("family", "u16"),
-    ("__pad0", "u16"),
-)
+KEY = layout("dns_key", ("sock", "u64"), ("id", "u16"), ("__pad0", "u16"), ("__pad1", "u32"))
 
 _OWNER = (
     ("netns", "u64"),
@@ -105,7 +101,10 @@ PENDING = layout(
     ("start_ns", "u64"),
     *_OWNER,
     ("client", "u8[16]"),
+    ("server", "u8[16]"),
     ("client_port", "u16"),
+    ("server_port", "u16"),
+    ("family", "u16"),
     ("qtype", "u16"),
     ("qlen", "u16"),
     ("proto", "u8"),
@@ -138,13 +137,14 @@ AGG_VALUE = layout(
     ("__pad0", "u32"),
 )
 
-TCP_KEY = layout("dns_tcp_key", ("cookie", "u64"), ("egress", "u32"), ("__pad0", "u32"))
+TCP_KEY = layout("dns_tcp_key", ("sock", "u64"), ("egress", "u32"), ("__pad0", "u32"))
+TCP_NEXT = layout("dns_tcp_next", ("seq", "u32"), ("body", "u32"))
 
 SWEEPER = layout("dns_sweeper", ("timer", "opaque[16]"), ("armed", "u64"))
 
 EVENT = layout(
     "dns_event",
-    ("cookie", "u64"),
+    ("sock", "u64"),
     ("start_ns", "u64"),
     ("end_ns", "u64"),
     *_OWNER,
@@ -169,9 +169,13 @@ EVENT = layout(
 EVENT_HEADER = EVENT.offset("data")
 
 
-class DnsProbe(CgroupProbe):
+class DnsProbe(Probe):
     name = "dns"
-    layouts: tuple[Layout, ...] = (KEY, PENDING, AGG_KEY, AGG_VALUE, TCP_KEY, SWEEPER, EVENT)
+    layouts: tuple[Layout, ...] = (
+        KEY, PENDING, AGG_KEY, AGG_VALUE, TCP_KEY, TCP_NEXT, SWEEPER, EVENT,
+    )  # fmt: skip
+    # after http on a TCP socket's calls, first on a UDP socket's (bpf/sockchain.h)
+    sockchain_slot = (Slot.TCP_DNS, Slot.UDP_DNS)
 
     def __init__(
         self,
@@ -214,6 +218,12 @@ class DnsProbe(CgroupProbe):
         assert size == 8 * BUCKETS
         raw = b"".join(round(b * 1e9).to_bytes(8, "little") for b in BUCKET_BOUNDS)
         self.obj.write_rodata(offset, raw)
+
+    def loaded(self) -> None:
+        assert self.obj
+        err = self.obj.programs[SWEEPER_START].run()
+        if err:
+            raise RuntimeError(f"dns: the timeout sweeper did not start (step {err})")
 
     def read_agg(self) -> tuple[np.ndarray, np.ndarray]:
         keys, vals, n = self.map(AGG_MAP).lookup_batch()

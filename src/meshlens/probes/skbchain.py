@@ -14,6 +14,7 @@ pass-through program, so the members after it still run.
 
 from __future__ import annotations
 
+from .. import _libbpf as libbpf
 from .base import PerProcess, Probe, cgroup2_root
 
 DIRECTIONS = ("egress", "ingress")
@@ -38,13 +39,26 @@ class SkbChain(Probe):
         super().__init__()
         # slot -> member program name, per direction (reserved or filled)
         self.members: dict[str, dict[int, str]] = {d: {} for d in DIRECTIONS}
+        self.links: dict[str, libbpf.Link] = {}  # direction -> its dispatcher's link
 
     def attach(self) -> None:
+        """Nothing yet: a direction's dispatcher goes on the root with its first
+        member, so a direction no member uses costs its packets nothing."""
+
+    def _attached(self, direction: str, on: bool) -> None:
         assert self.obj
-        root = cgroup2_root()
-        for direction in DIRECTIONS:
+        link = self.links.get(direction)
+        if on and link is None:
             prog = self.obj.programs[f"skbchain_{direction}_run"]
-            self.obj.links.append(prog.attach_cgroup(root))
+            self.links[direction] = prog.attach_cgroup(cgroup2_root())
+        elif not on and link is not None:
+            link.destroy()
+            del self.links[direction]
+
+    def close(self) -> None:
+        for direction in list(self.links):
+            self._attached(direction, False)
+        super().close()
 
     def reserve(self, direction: str, program: str) -> int:
         used = self.members[direction]
@@ -60,10 +74,13 @@ class SkbChain(Probe):
     def fill(self, direction: str, slot: int, prog_fd: int) -> None:
         """The member's program takes its reserved slot: from now on it runs."""
         self._set(direction, slot, prog_fd)
+        self._attached(direction, True)
 
     def vacate(self, direction: str, slot: int) -> None:
         self.members[direction].pop(slot, None)
         self._sync(direction)
+        if not self.members[direction]:
+            self._attached(direction, False)
 
     def _set(self, direction: str, slot: int, prog_fd: int) -> None:
         self.map(array_name(direction)).update(

@@ -25,7 +25,9 @@ class Slot(enum.IntEnum):
 
     TCP = 0
     UDP = 1
-    TCP_APP = 2  # runs first on a TCP socket's calls, then jumps to TCP
+    TCP_APP = 2  # runs first on a TCP socket's calls, then jumps to TCP_DNS, TCP
+    TCP_DNS = 3  # then TCP
+    UDP_DNS = 4  # runs first on a UDP socket's calls, then jumps to UDP
 
 
 def array_name(direction: str) -> str:
@@ -50,21 +52,32 @@ class SockChain(Probe):
 
 
 _shared = PerProcess(SockChain)
-current = _shared.current
+current = _shared.current  # the process's chain, if any probe uses it
+acquire = _shared.acquire  # the process's chain, loaded and attached on first use
+release = _shared.release  # drop one holder; the last one detaches the chain
+
+
+def slots_of(probe: Probe) -> tuple[int, ...]:
+    """The slots a probe's programs go in: one, or several (dns: TCP_DNS and UDP_DNS)."""
+    slot = probe.sockchain_slot
+    if slot is None:
+        return ()
+    return tuple(slot) if isinstance(slot, tuple) else (slot,)
 
 
 class Seat:
-    """A probe's place behind the chain: its send/recv programs in its slot."""
+    """A probe's place behind the chain: its send/recv programs in its slots."""
 
-    def __init__(self, chain: SockChain, slot: int, programs: dict[str, str]) -> None:
+    def __init__(self, chain: SockChain, slots: tuple[int, ...], programs: dict[str, str]) -> None:
         self.chain = chain
-        self.slot = slot
+        self.slots = slots
         self.programs = programs  # direction -> program name
 
     @classmethod
     def take(cls, probe: Probe) -> Seat | None:
         """The probe's seat, or None when another probe of this process holds it."""
-        assert probe.obj and probe.sockchain_slot is not None
+        slots = slots_of(probe)
+        assert probe.obj and slots
         programs = {
             TRACEPOINTS[p.section]: p.name
             for p in probe.obj.programs.values()
@@ -77,11 +90,12 @@ class Seat:
         except Exception as exc:  # the probe still works on its own, at the old cost
             log.warning("sockchain: %s; %s attaches its own programs", exc, probe.name)
             return None
-        if probe.sockchain_slot in chain.seated:
+        if any(slot in chain.seated for slot in slots):
             _shared.release(chain)
             return None
-        chain.seated[probe.sockchain_slot] = probe.name
-        return cls(chain, probe.sockchain_slot, programs)
+        for slot in slots:
+            chain.seated[slot] = probe.name
+        return cls(chain, slots, programs)
 
     def share_arrays(self, probe: Probe) -> None:
         """Before load: a member that continues the chain (SOCKCHAIN_NEXT_TCP) jumps
@@ -97,16 +111,19 @@ class Seat:
         assert probe.obj
         targets = []
         for direction, name in self.programs.items():
-            self.chain.put(direction, self.slot, probe.obj.programs[name].fd)
-            targets.append(f"raw_tp/sock_{direction}_length sockchain[{Slot(self.slot).name}]")
+            for slot in self.slots:
+                self.chain.put(direction, slot, probe.obj.programs[name].fd)
+                targets.append(f"raw_tp/sock_{direction}_length sockchain[{Slot(slot).name}]")
         return targets
 
     def suspend(self) -> None:
         """Take the programs out, keeping the seat."""
         for direction in self.programs:
-            self.chain.put(direction, self.slot, None)
+            for slot in self.slots:
+                self.chain.put(direction, slot, None)
 
     def leave(self) -> None:
         self.suspend()
-        self.chain.seated.pop(self.slot, None)
+        for slot in self.slots:
+            self.chain.seated.pop(slot, None)
         _shared.release(self.chain)
