@@ -12,7 +12,8 @@ probes and the http feature only), `http-only` (the http feature alone),
 `...-nostats` (without kernel.bpf_stats_enabled), `stats` (only
 bpf_stats enabled, no program), `full` (`meshlens run`: every feature),
 `core` (`meshlens run --features none`), `run:A+B` (`meshlens run --features A,B`);
-a suffix `@N` runs that agent with `--interval N` (its refresh period; default 5 s).
+a suffix `@N` runs that agent with `--interval N` (its refresh period; default 5 s);
+`other` is `full` from the checkout given with `--other` (two commits in one run).
 During a run, `--scrape N` GETs the agent's /metrics every N s (default 15, at a random
 phase), as Prometheus would. For each run: throughput, p50/p99 latency (wrk --latency), the agent
 process's CPU (utime+stime from /proc), and the kernel time of the http
@@ -122,10 +123,16 @@ def start_agent(mode: str, tries: int = 3) -> subprocess.Popen[bytes] | None:
     return None
 
 
+OTHER: list[str] = []  # --other: a second checkout, built, for A/B of two commits
+
+
 def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
     if mode == "none":
         return None
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    src = Path(__file__).resolve().parent.parent / "src"
+    if mode.startswith("other"):  # `other` = `full` from the --other checkout
+        src, mode = Path(OTHER[0]) / "src", "full" + mode[len("other") :]
+    env = dict(os.environ, PYTHONPATH=str(src))
     if mode.startswith("http"):
         # http: core probes + the http feature; http-only: no core probes;
         # -nostats: without kernel.bpf_stats_enabled (it costs every BPF
@@ -414,6 +421,11 @@ def main() -> int:
     p.add_argument("--modes", default="none,http,full")
     p.add_argument("--json", default=None, help="write every run here")
     p.add_argument(
+        "--other", default=None, metavar="CHECKOUT",
+        help="mode `other`: `full` run from this checkout (built with `make build`), to "
+        "compare two commits in one run",
+    )  # fmt: skip
+    p.add_argument(
         "--scrape", type=float, default=15.0,
         help="GET the agent's /metrics every N s during a run, as Prometheus would (0: never)",
     )  # fmt: skip
@@ -430,6 +442,8 @@ def main() -> int:
         "programs alone at the socket tracepoints (with run-time statistics)",
     )  # fmt: skip
     args = p.parse_args()
+    if args.other:
+        OTHER.append(args.other)
     if os.geteuid() != 0:
         print("needs root (BPF, network namespaces)", file=sys.stderr)
         return 1

@@ -1259,9 +1259,9 @@ def md_summary(res: dict[str, Any]) -> list[str]:
                 )
             out.append(
                 f"| the same, as shipped (every feature: + dns, http, listen queues) | "
-                f"≤ {TARGET_NS_PER_CALL:.0f} ns | +{a:.0f} ns: http's look at each TCP call "
-                f"(docs/http.md) and the per-packet programs of dns and the listen queues "
-                f"(docs/skbchain.md) | {verdict(a, TARGET_NS_PER_CALL)} |"
+                f"≤ {TARGET_NS_PER_CALL:.0f} ns | +{a:.0f} ns: http's and dns's look at each "
+                f"call (docs/http.md, docs/dns.md) and the listen queues' per-packet program "
+                f"(ingress, docs/skbchain.md) | {verdict(a, TARGET_NS_PER_CALL)} |"
             )
     f = res.get("flows")
     if f:
@@ -1413,14 +1413,13 @@ def md_findings(res: dict[str, Any]) -> list[str]:
             parts.append(f"kernel's view, ns per call: {progs}")
             out.append("- Send/recv " + "; ".join(parts) + ".")
         out.append(
-            "- The core (tcpflow, udpflow) and http run at the socket calls only: no program "
-            "per packet; http runs first on every TCP call behind the same dispatcher "
-            "(docs/sockchain.md), and a call on a socket that is not HTTP costs it a hash "
-            "lookup and an 8-byte read of the caller's buffer. The cgroup_skb programs of dns "
-            "and tcphealth's listen queues run on every packet of every socket, TCP data and "
-            "ACKs included, behind one dispatcher per direction (docs/skbchain.md): the "
-            "kernel's cgroup dispatch is paid once per packet, each member costs a direct "
-            "jump and its own early return."
+            "- The core (tcpflow, udpflow), http and dns run at the socket calls only: no "
+            "program per packet. http and dns run first on every call behind the same "
+            "dispatcher (docs/sockchain.md). A TCP call on a socket that is not HTTP costs "
+            "http a hash lookup and an 8-byte read of the caller's buffer. dns reads the "
+            "socket's peer port, or an unconnected UDP socket's destination. The only "
+            "per-packet program left is tcphealth's listen queues, on ingress "
+            "(docs/skbchain.md): the kernel's cgroup dispatch on every received packet."
         )
     f = res.get("flows")
     if f:

@@ -118,13 +118,15 @@ struct {
 	__type(value, struct dns_scratch);
 } dns_scratch SEC(".maps");
 
-/* The server end of a query. */
+/* A call to or from a DNS server: the client's socket, the server end. */
 struct dns_peer {
+	__u64 sock; /* the client socket's kernel address */
 	__u8 addr[16];
 	__u16 port;
 	__u16 family;
-	__u8 proto; /* IPPROTO_UDP or IPPROTO_TCP */
-	__u8 __pad0[3];
+	__u8 proto;   /* IPPROTO_UDP or IPPROTO_TCP */
+	__u8 sending; /* a send (query) or a receive (answer) */
+	__u8 __pad0[2];
 };
 
 static const struct dns_pending zero_pending;
@@ -539,6 +541,14 @@ __noinline int dns_query(struct dns_scratch *s, __u64 skp, __u32 avail, __u32 to
 		__builtin_memcpy(v->client, &sk->__sk_common.skc_rcv_saddr, 4);
 	else
 		__builtin_memcpy(v->client, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+	if (v->family == AF_INET6 && v4_mapped(v->server)) {
+		/* an IPv6 socket talking IPv4: the addresses as an IPv4 socket's */
+		v->family = AF_INET;
+		__builtin_memcpy(v->server, v->server + 12, 4);
+		__builtin_memset(v->server + 4, 0, 12);
+		__builtin_memcpy(v->client, v->client + 12, 4);
+		__builtin_memset(v->client + 4, 0, 12);
+	}
 	v->client_port = sk->__sk_common.skc_num;
 	v->proto = peer->proto;
 	id = bpf_get_current_pid_tgid();
@@ -553,18 +563,30 @@ __noinline int dns_query(struct dns_scratch *s, __u64 skp, __u32 avail, __u32 to
 	return 0;
 }
 
-/* Does the response's question (buf[12...]) equal the query's? 1 or 0. */
-static __always_inline int same_question(struct dns_scratch *s, __u32 avail,
-					 const struct dns_pending *v)
+/* Does the response's question (buf[12...]) equal the query's? 1 or 0. Eight
+ * bytes at a time; the last word is masked to the question's length. */
+__noinline int dns_same_question(struct dns_scratch *s, const struct dns_pending *v, __u32 avail)
 {
-	__u32 qlen = v->qlen;
+	__u32 qlen;
 
+	if (!s || !v)
+		return 0;
+	qlen = v->qlen;
 	if (qlen < 5 || qlen > DNS_QUESTION_MAX || DNS_HDR_LEN + qlen > avail)
 		return 0;
-	for (__u32 i = 0; i < DNS_QUESTION_MAX; i++) {
+	for (__u32 i = 0; i < DNS_QUESTION_MAX; i += 8) {
+		__u64 a = 0, b = 0, m = ~0ULL;
+		__u32 left;
+
 		if (i >= qlen)
 			break;
-		if (s->buf[(DNS_HDR_LEN + i) & (DNS_DATA_MAX - 1)] != v->question[i])
+		left = qlen - i;
+		if (bpf_probe_read_kernel(&a, 8, s->buf + DNS_HDR_LEN + i) ||
+		    bpf_probe_read_kernel(&b, 8, v->question + (i & 0x1ff)))
+			return 0;
+		if (left < 8)
+			m = (1ULL << (left * 8)) - 1; /* little-endian: the low bytes come first */
+		if ((a ^ b) & m)
 			return 0;
 	}
 	return 1;
@@ -604,7 +626,7 @@ __noinline int dns_response(struct dns_scratch *s, __u64 skp, __u32 avail, __u32
 	qdcount = ((__u16)s->buf[4] << 8) | s->buf[5];
 	/* as a resolver does: an answer to another question is not the answer;
 	 * error responses may leave the question out */
-	if (qdcount == 1 ? !same_question(s, avail, v) : (qdcount != 0 || rcode == 0)) {
+	if (qdcount == 1 ? !dns_same_question(s, v, avail) : (qdcount != 0 || rcode == 0)) {
 		stat_inc(DNS_STAT_MISMATCH);
 		return 0;
 	}
@@ -650,19 +672,22 @@ __noinline int dns_response(struct dns_scratch *s, __u64 skp, __u32 avail, __u32
 }
 
 /* One message of the call at `off`: its first bytes into buf, then parsed. */
-static __always_inline void message(struct dns_scratch *s, __u64 skp, __u64 off, __u32 avail,
-				    __u32 total, bool sending, struct dns_peer *peer)
+__noinline int dns_message(struct dns_scratch *s, struct dns_peer *peer, __u64 off, __u32 avail,
+			   __u32 total)
 {
 	__u32 n = avail < DNS_DATA_MAX ? avail : DNS_DATA_MAX;
 
+	if (!s || !peer)
+		return 0;
 	if (n && gather(s, off, n)) {
 		stat_inc(DNS_STAT_UNREADABLE);
-		return;
+		return 0;
 	}
-	if (sending)
-		dns_query(s, skp, n, total, peer);
+	if (peer->sending)
+		dns_query(s, peer->sock, n, total, peer);
 	else
-		dns_response(s, skp, n, total);
+		dns_response(s, peer->sock, n, total);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- calls */
@@ -692,7 +717,9 @@ __noinline int dns_udp_call(__u64 skp, __u32 ret, __u32 sending, __u32 connected
 	if (sending && !fd_is_sock(sk))
 		goto out;
 	peer.proto = IPPROTO_UDP;
-	message(s, skp, 0, ret, ret, sending, &peer);
+	peer.sock = skp;
+	peer.sending = sending;
+	dns_message(s, &peer, 0, ret, ret);
 	if (sending && !connected) {
 		now = bpf_ktime_get_ns();
 		bpf_map_update_elem(&dns_socks, &skp, &now, BPF_ANY);
@@ -745,8 +772,10 @@ __noinline int dns_tcp_call(__u64 skp, __u32 ret, __u32 sending)
 	}
 	peer_of_sock(sk, &peer);
 	peer.proto = IPPROTO_TCP;
+	peer.sock = skp;
+	peer.sending = sending;
 	if (body) { /* the prefix ended the last call: the message starts here */
-		message(s, skp, o, ret - o < body ? ret - o : body, body, sending, &peer);
+		dns_message(s, &peer, o, ret - o < body ? ret - o : body, body);
 		o += body;
 	}
 	for (__u32 i = 0; i < DNS_TCP_MSGS; i++) {
@@ -768,7 +797,7 @@ __noinline int dns_tcp_call(__u64 skp, __u32 ret, __u32 sending)
 		avail = ret - o - 2;
 		if (avail > total)
 			avail = total;
-		message(s, skp, o + 2, avail, total, sending, &peer);
+		dns_message(s, &peer, o + 2, avail, total);
 		o += 2 + total;
 	}
 	if (o > ret) {

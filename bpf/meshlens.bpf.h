@@ -30,6 +30,14 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
  * bpf_probe_read_kernel() call per field (measured: ~8 ns each). */
 #define SOCK_RO(sk) ((const struct sock *)bpf_rdonly_cast((sk), bpf_core_type_id_kernel(struct sock)))
 
+/* An IPv4 address in IPv6 form (::ffff:a.b.c.d), as an IPv6 socket talking IPv4 has. */
+static __always_inline bool v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return !w[0] && !w[1] && w[2] == bpf_htonl(0xffff);
+}
+
 /* Add to a per-CPU self-metric counter; `stats` is a PERCPU_ARRAY of __u64. */
 static __always_inline void stat_add(void *stats, __u32 idx, __u64 n)
 {

@@ -191,13 +191,6 @@ static __always_inline struct udpflow_value *flow_get(const struct sock *sk,
 	return v;
 }
 
-static __always_inline bool v4_mapped(const __u8 *a)
-{
-	const __u32 *w = (const __u32 *)a;
-
-	return !w[0] && !w[1] && w[2] == bpf_htonl(0xffff);
-}
-
 /* An IPv4 peer of an IPv6 socket (::ffff:a.b.c.d) is counted as IPv4. */
 static __always_inline void unmap(struct udpflow_key *k)
 {
