@@ -29,7 +29,6 @@
 #define DNS_HDR_LEN 12
 #define DNS_NAME_MAX 255
 #define DNS_TCP_MSGS 4 /* messages parsed per TCP call */
-#define DNS_SEGS 8     /* buffers of a call that are read (iovecs) */
 #define EEXIST 17
 #define EBUSY 16
 
@@ -97,15 +96,10 @@ struct {
 } dns_stats SEC(".maps");
 
 /* A call's buffers and the first bytes of one message, per CPU. */
-struct dns_seg {
-	__u64 base;
-	__u64 len;
-};
-
 struct dns_scratch {
 	__u32 busy; /* a program on this CPU is using it (nested: skip) */
-	__u32 nseg;
-	struct dns_seg seg[DNS_SEGS];
+	__u32 __pad0;
+	struct call_segs segs;
 	/* a message's first DNS_DATA_MAX bytes; twice that so that a copy at a
 	 * masked offset stays inside for the verifier */
 	__u8 buf[2 * DNS_DATA_MAX];
@@ -376,70 +370,10 @@ static __always_inline struct dns_scratch *scratch_take(void)
 	return s;
 }
 
-/* Where the call's bytes are (the saved registers, docs/sockchain.md); with
- * `name`, the destination its caller gave. 0 when they can be read. */
-static __always_inline int segs_fill(struct dns_scratch *s, __u32 ret, __u64 *name)
-{
-	struct pt_regs *r = syscall_regs();
-	__u64 a = 0, b = 0, total = 0;
-
-	s->nseg = 0;
-	if (!r)
-		return -1;
-	switch (call_buffers(r, &a, &b, name)) {
-	case CALL_BUF:
-		s->seg[0].base = a;
-		s->seg[0].len = b;
-		s->nseg = 1;
-		break;
-	case CALL_IOV:
-		if (b > DNS_SEGS)
-			b = DNS_SEGS;
-		if (!b || bpf_probe_read_user(s->seg, b * sizeof(struct dns_seg), (const void *)a))
-			return -1;
-		s->nseg = b;
-		break;
-	default:
-		return -1;
-	}
-	for (__u32 i = 0; i < DNS_SEGS; i++) {
-		if (i >= s->nseg)
-			break;
-		total += s->seg[i].len;
-	}
-	/* buffers smaller than what the call moved: not this call's */
-	if (total < ret && s->nseg < DNS_SEGS)
-		return -1;
-	return 0;
-}
-
 /* Copy bytes [off, off + n) of the call (n <= DNS_DATA_MAX) to buf[0...]. */
 static __always_inline int gather(struct dns_scratch *s, __u64 off, __u32 n)
 {
-	__u32 done = 0;
-
-	for (__u32 i = 0; i < DNS_SEGS; i++) {
-		__u64 len, take;
-
-		if (i >= s->nseg || done >= n)
-			break;
-		len = s->seg[i].len;
-		if (off >= len) {
-			off -= len;
-			continue;
-		}
-		take = len - off;
-		if (take > n - done)
-			take = n - done;
-		if (done >= DNS_DATA_MAX || take > DNS_DATA_MAX - done)
-			return -1;
-		if (bpf_probe_read_user(s->buf + (done & (DNS_DATA_MAX - 1)), take,
-					(const void *)(s->seg[i].base + off)))
-			return -1;
-		done += take;
-		off = 0;
-	}
-	return done == n ? 0 : -1;
+	return call_segs_read(&s->segs, s->buf, DNS_DATA_MAX - 1, DNS_DATA_MAX, 0, off, n);
 }
 
 static __always_inline void peer_of_sock(const struct sock *sk, struct dns_peer *p)
@@ -705,7 +639,7 @@ __noinline int dns_udp_call(__u64 skp, __u32 ret, __u32 sending, __u32 connected
 	s = scratch_take();
 	if (!s)
 		return 0;
-	if (segs_fill(s, ret, sending && !connected ? &name : 0)) {
+	if (call_segs_fill(&s->segs, ret, sending && !connected ? &name : 0)) {
 		if (connected)
 			stat_inc(DNS_STAT_UNREADABLE);
 		goto out;
@@ -766,7 +700,7 @@ __noinline int dns_tcp_call(__u64 skp, __u32 ret, __u32 sending)
 	s = scratch_take();
 	if (!s)
 		return 0;
-	if (segs_fill(s, ret, 0)) {
+	if (call_segs_fill(&s->segs, ret, 0)) {
 		stat_inc(DNS_STAT_UNREADABLE);
 		goto out;
 	}

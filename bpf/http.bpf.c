@@ -29,7 +29,6 @@
 #define BUF_SLACK 64           /* 8-byte reads past the end stay inside */
 #define MAX_HEADER_BYTES 16384 /* a bigger header block is unparsed */
 #define MAX_STEPS 4096         /* parser steps per call */
-#define UIO_SEGS 8             /* buffers of a call that are read (iovecs) */
 #define MAX_LINES 64           /* lines per scan call */
 #define TAIL 16                /* bytes kept of a long start line */
 
@@ -193,24 +192,12 @@ struct http_link {
 	__u32 __pad0;
 };
 
-/* Where the bytes of one call are: the caller's buffers, as iovecs. */
-struct useg {
-	__u64 base;
-	__u64 len;
-};
-
-struct uio {
-	struct useg seg[UIO_SEGS];
-	__u32 n; /* segments; 0: the call's bytes cannot be read (sendfile, io_uring, ...) */
-	__u32 __pad0;
-};
-
 struct scratch {
 	__u8 buf[BUF_SIZE + BUF_SLACK];
 	/* 8-byte loads past a short read and the verifier's view of a read at the
 	 * end of buf (see uio_read) stay inside the scratch */
 	__u8 spill[WIN];
-	struct uio uio;
+	struct call_segs uio; /* where the call's bytes are */
 	__u64 key; /* of http_conns: off handle()'s stack, which is near the limit */
 	struct http_conn conn; /* initial value of a new connection */
 	struct http_agg agg;   /* zero: initial value of a new aggregate */
@@ -1525,32 +1512,8 @@ struct pctx {
  * to buf[dst...]; 0 when all of them were read. */
 static __always_inline int uio_read(struct scratch *s, __u32 dst, __u64 off, __u32 n)
 {
-	struct uio *u = &s->uio;
-	__u32 i, done = 0;
-
-	for (i = 0; i < UIO_SEGS; i++) {
-		__u64 len, take;
-
-		if (i >= u->n || done >= n)
-			break;
-		len = u->seg[i].len;
-		if (off >= len) {
-			off -= len;
-			continue;
-		}
-		take = len - off;
-		if (take > n - done)
-			take = n - done;
-		if (take > WIN)
-			return -1;
-		/* the mask bounds the offset for the verifier: dst + done < BUF_SIZE */
-		if (bpf_probe_read_user(s->buf + ((dst + done) & (BUF_SIZE - 1)), take,
-					(const void *)(u->seg[i].base + off)))
-			return -1;
-		done += take;
-		off = 0;
-	}
-	return done == n ? 0 : -1;
+	/* dst + done masked below BUF_SIZE, pieces of at most WIN: inside buf + spill */
+	return call_segs_read(&s->uio, s->buf, BUF_SIZE - 1, WIN, dst, off, n);
 }
 
 /* Load up to WIN bytes of the call from off, after `carried` bytes that
@@ -1996,45 +1959,7 @@ static __always_inline void endpoint_key(const struct sock *sk, struct http_endp
 
 GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 {
-	struct pt_regs *r = syscall_regs();
-	struct uio *u;
-	__u64 a = 0, b = 0, total = 0;
-	__u32 i;
-
-	if (!s)
-		return -1;
-	u = &s->uio;
-	u->n = 0;
-	if (!r)
-		return -1;
-	switch (call_buffers(r, &a, &b, 0)) {
-	case CALL_BUF:
-		u->seg[0].base = a;
-		u->seg[0].len = b;
-		u->n = 1;
-		break;
-	case CALL_IOV:
-		if (b > UIO_SEGS)
-			b = UIO_SEGS;
-		if (!b || bpf_probe_read_user(u->seg, b * sizeof(struct useg), (const void *)a))
-			return -1;
-		u->n = b;
-		break;
-	default:
-		return -1;
-	}
-	for (i = 0; i < UIO_SEGS; i++) {
-		if (i >= u->n)
-			break;
-		total += u->seg[i].len;
-	}
-	/* buffers smaller than what the call moved: the kernel's own call on this
-	 * socket, inside the caller's system call on something else */
-	if (total < ret && u->n < UIO_SEGS) {
-		u->n = 0;
-		return -1;
-	}
-	return 0;
+	return s ? call_segs_fill(&s->uio, ret, 0) : -1;
 }
 
 /* ---------------------------------------------------------------- calls */

@@ -142,6 +142,93 @@ static __always_inline int call_buffers(struct pt_regs *r, __u64 *a, __u64 *b, _
 	return CALL_NONE;
 }
 
+#define CALL_SEGS 8 /* buffers of a call that are read (iovecs) */
+
+/* Where the bytes of one call are: the caller's buffers, as iovecs. */
+struct call_seg {
+	__u64 base;
+	__u64 len;
+};
+
+struct call_segs {
+	struct call_seg seg[CALL_SEGS];
+	__u32 n; /* segments; 0: the call's bytes cannot be read (sendfile, io_uring, ...) */
+	__u32 __pad0;
+};
+
+/* The call's buffers into *u (and, with `name`, the destination its caller
+ * gave): 0 when the call's `ret` bytes can be read from them. */
+static __always_inline int call_segs_fill(struct call_segs *u, __u32 ret, __u64 *name)
+{
+	struct pt_regs *r = syscall_regs();
+	__u64 a = 0, b = 0, total = 0;
+
+	u->n = 0;
+	if (!r)
+		return -1;
+	switch (call_buffers(r, &a, &b, name)) {
+	case CALL_BUF:
+		u->seg[0].base = a;
+		u->seg[0].len = b;
+		u->n = 1;
+		break;
+	case CALL_IOV:
+		if (b > CALL_SEGS)
+			b = CALL_SEGS;
+		if (!b || bpf_probe_read_user(u->seg, b * sizeof(struct call_seg), (const void *)a))
+			return -1;
+		u->n = b;
+		break;
+	default:
+		return -1;
+	}
+	for (__u32 i = 0; i < CALL_SEGS; i++) {
+		if (i >= u->n)
+			break;
+		total += u->seg[i].len;
+	}
+	/* buffers smaller than what the call moved: the kernel's own call on this
+	 * socket, inside the caller's system call on something else */
+	if (total < ret && u->n < CALL_SEGS) {
+		u->n = 0;
+		return -1;
+	}
+	return 0;
+}
+
+/* Copy bytes [off, off + n) of the call to buf from `dst` on. Each piece lands at
+ * buf + ((dst + done) & mask) and is at most `max` bytes, so a buffer of
+ * mask + 1 + max bytes holds any of them (what the verifier checks). 0 when all
+ * n bytes were read. */
+static __always_inline int call_segs_read(const struct call_segs *u, __u8 *buf, __u32 mask,
+					  __u32 max, __u32 dst, __u64 off, __u32 n)
+{
+	__u32 done = 0;
+
+	for (__u32 i = 0; i < CALL_SEGS; i++) {
+		__u64 len, take;
+
+		if (i >= u->n || done >= n)
+			break;
+		len = u->seg[i].len;
+		if (off >= len) {
+			off -= len;
+			continue;
+		}
+		take = len - off;
+		if (take > n - done)
+			take = n - done;
+		if (take > max)
+			return -1;
+		if (bpf_probe_read_user(buf + ((dst + done) & mask), take,
+					(const void *)(u->seg[i].base + off)))
+			return -1;
+		done += take;
+		off = 0;
+	}
+	return done == n ? 0 : -1;
+}
+
 /* Is the system call's file descriptor this socket? A socket the kernel
  * writes to inside another call (NFS under write()) is not the caller's. */
 static __always_inline bool fd_is_sock(const struct sock *sk)
