@@ -364,8 +364,12 @@ static __always_inline struct dns_scratch *scratch_take(void)
 	__u32 zero = 0;
 	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
 
-	if (!s || s->busy)
+	if (!s)
 		return 0;
+	if (s->busy) { /* a preempted call on this CPU holds it: counted, not silent */
+		stat_inc(DNS_STAT_UNREADABLE);
+		return 0;
+	}
 	s->busy = 1;
 	return s;
 }

@@ -47,7 +47,7 @@ enum dns_stat {
 	DNS_STAT_LIVE = 19,	     /* pending inserts minus deletes */
 	DNS_STAT_SWEEPER_RETRY = 20, /* the sweeper timer could not be armed yet (retried) */
 	DNS_STAT_SWEEPS = 21,	     /* passes of the sweeper over the pending map */
-	DNS_STAT_UNREADABLE = 22,    /* a call to or from a DNS port without user buffers to read */
+	DNS_STAT_UNREADABLE = 22,    /* a DNS-port call not read: no user buffers, or scratch in use */
 	DNS_STAT_MAX = 23,
 };
 
