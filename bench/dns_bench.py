@@ -3,9 +3,10 @@
     .venv/bin/python bench/dns_bench.py [--rates 1000,2000,...] [--duration S] [--rounds N]
 
 1. Cost of the dns programs on non-DNS calls: bench/sendloop.c (one send() and
-   one recv() over loopback, connected sockets) timed with nothing, with the
-   socket chain's dispatcher alone, and with the dns probe behind it, in shuffled
-   order within each round of the same run.
+   one recv() over loopback; connected sockets, and unconnected UDP with
+   sendto()) timed with nothing, with the socket chain's dispatcher alone, and
+   with the dns probe behind it, in shuffled order within each round of the
+   same run.
 2. Queries per second with zero lost queries: dnsmasq in a lab host, the
    meshlens.dnsload flood client in another, at each rate without and then with
    the whole agent (every probe and feature, records decoded as they come). Zero
@@ -291,7 +292,10 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=1000, help="distinct query names")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=200000)
-    ap.add_argument("--protos", default="udp,tcp", help="sendloop protocols for the call cost")
+    ap.add_argument(
+        "--protos", default="udp,udpu,tcp",
+        help="sendloop protocols for the call cost (udpu: unconnected UDP, sendto)",
+    )  # fmt: skip
     ap.add_argument("--skip-calls", action="store_true")
     ap.add_argument("--skip-qps", action="store_true")
     ap.add_argument("--json", action="store_true")

@@ -3,11 +3,11 @@
  * loopback socket pair, in one thread, so that what the kernel does per call
  * (and what a BPF program attached to that path adds) is all that is timed.
  *
- *   sendloop tcp|udp ITERATIONS [-s BYTES] [-c CPU] [-w WARMUP]
+ *   sendloop tcp|udp|udpu ITERATIONS [-s BYTES] [-c CPU] [-w WARMUP]
  *
  * Each iteration is send() of BYTES on socket a, then recv() of BYTES on
  * socket b (blocking; on loopback the data is already queued when send()
- * returns). Prints one JSON line:
+ * returns). udpu: unconnected UDP sockets, sendto() with b's address. Prints one JSON line:
  *   {"proto":..,"iterations":N,"bytes":B,"ns_per_pair":..,"ns_per_call":..}
  * ns_per_call = elapsed / (2 * N): one call is a send() or a recv().
  * Connects only to 127.0.0.1. Built by bench/run.py into bench/build/. */
@@ -71,6 +71,9 @@ static void tcp_pair(int *a, int *b)
 	setsockopt(*b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+static struct sockaddr_in dest; /* udpu: where sendto() sends */
+static int unconnected;
+
 static void udp_pair(int *a, int *b)
 {
 	struct sockaddr_in aa = loopback(), ba = loopback();
@@ -86,6 +89,9 @@ static void udp_pair(int *a, int *b)
 	len = sizeof(ba);
 	if (getsockname(*b, (struct sockaddr *)&ba, &len))
 		die("getsockname");
+	dest = ba;
+	if (unconnected)
+		return;
 	if (connect(*a, (struct sockaddr *)&ba, sizeof(ba)) ||
 	    connect(*b, (struct sockaddr *)&aa, sizeof(aa)))
 		die("udp connect");
@@ -94,7 +100,9 @@ static void udp_pair(int *a, int *b)
 static void run(int a, int b, long n, char *buf, int bytes, int stream)
 {
 	for (long i = 0; i < n; i++) {
-		ssize_t s = send(a, buf, bytes, 0);
+		ssize_t s = unconnected ? sendto(a, buf, bytes, 0, (struct sockaddr *)&dest,
+						 sizeof(dest))
+					: send(a, buf, bytes, 0);
 		ssize_t got = 0;
 
 		if (s != bytes)
@@ -121,12 +129,14 @@ int main(int argc, char **argv)
 	int opt;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: sendloop tcp|udp ITERATIONS [-s BYTES] [-c CPU] [-w WARMUP]\n");
+		fprintf(stderr,
+			"usage: sendloop tcp|udp|udpu ITERATIONS [-s BYTES] [-c CPU] [-w WARMUP]\n");
 		return 2;
 	}
 	stream = !strcmp(argv[1], "tcp");
-	if (!stream && strcmp(argv[1], "udp")) {
-		fprintf(stderr, "sendloop: protocol must be tcp or udp\n");
+	unconnected = !strcmp(argv[1], "udpu");
+	if (!stream && !unconnected && strcmp(argv[1], "udp")) {
+		fprintf(stderr, "sendloop: protocol must be tcp, udp or udpu\n");
 		return 2;
 	}
 	n = atol(argv[2]);

@@ -750,6 +750,22 @@ out:
 	return 0;
 }
 
+/* An unconnected send: is the destination its caller gave a DNS port? Reads
+ * the address's first 4 bytes (family, port) only. */
+static __always_inline bool dest_is_dns(void)
+{
+	struct pt_regs *r = syscall_regs();
+	__u16 fp[2] = {};
+	__u64 name = 0;
+
+	if (!r)
+		return false;
+	call_dest(r, &name);
+	if (!name || bpf_probe_read_user(fp, sizeof(fp), (const void *)name))
+		return false;
+	return (fp[0] == AF_INET || fp[0] == AF_INET6) && is_dns_port(bpf_ntohs(fp[1]));
+}
+
 /* The per-call cost for everything else: the protocol and the peer port (for
  * an unconnected UDP socket, the destination its caller gave, or whether it
  * sent a query). */
@@ -771,7 +787,7 @@ static __always_inline void on_call(__u64 skp, int ret, int flags, bool sending,
 		if (dport) {
 			if (is_dns_port(dport))
 				dns_udp_call(skp, ret, sending, 1);
-		} else if (sending || bpf_map_lookup_elem(&dns_socks, &skp)) {
+		} else if (sending ? dest_is_dns() : !!bpf_map_lookup_elem(&dns_socks, &skp)) {
 			dns_udp_call(skp, ret, sending, 0);
 		}
 	}

@@ -100,6 +100,28 @@ static __always_inline __u64 mmsg_entry(__u64 vec, __u64 vlen)
 	return 0;
 }
 
+/* The address of the destination the caller gave a send (sendto, sendmsg,
+ * sendmmsg) into *name, without reading its buffers; 0 if none. (An out
+ * parameter: a returned value let the compiler merge a load from the registers
+ * with one from the stack, which the verifier refuses.) */
+static __always_inline void call_dest(struct pt_regs *r, __u64 *name)
+{
+	__u64 nr = SYSCALL_NR(r), hdr = SYSCALL_ARG2(r);
+
+	*name = 0;
+	if (nr == NR_SENDTO) {
+		*name = SYSCALL_ARG5(r);
+		return;
+	}
+	if (nr == NR_SENDMMSG)
+		hdr = mmsg_entry(hdr, SYSCALL_ARG3(r));
+	else if (nr != NR_SENDMSG)
+		return;
+	/* struct user_msghdr starts with msg_name */
+	if (!hdr || bpf_probe_read_user(name, sizeof(*name), (const void *)hdr))
+		*name = 0;
+}
+
 /* The call's buffers; with `name`, also the address of the destination the
  * caller gave (sendto/sendmsg/sendmmsg; 0 for the others: a receive's source
  * is copied out only after the tracepoint). */
