@@ -390,11 +390,17 @@ static __always_inline void peer_of_sock(const struct sock *sk, struct dns_peer 
 		__builtin_memcpy(p->addr, &sk->__sk_common.skc_v6_daddr, 16);
 }
 
-/* The destination a caller gave (sendto, sendmsg): a DNS server? */
-static __always_inline bool peer_of_name(__u64 name, struct dns_peer *p)
+/* The destination the caller of an unconnected send gave (on_call checked its
+ * port); false if it is not an IPv4 or IPv6 address. */
+static __always_inline bool peer_of_dest(struct dns_peer *p)
 {
+	struct pt_regs *r = syscall_regs();
 	struct sockaddr_in6 a = {};
+	__u64 name = 0;
 
+	if (!r)
+		return false;
+	call_dest(r, &name);
 	if (!name || bpf_probe_read_user(&a, sizeof(a), (const void *)name))
 		return false;
 	p->family = a.sin6_family;
@@ -405,7 +411,7 @@ static __always_inline bool peer_of_name(__u64 name, struct dns_peer *p)
 		__builtin_memcpy(p->addr, &a.sin6_addr, 16);
 	else
 		return false;
-	return is_dns_port(p->port);
+	return true;
 }
 
 /* ---------------------------------------------------------------- messages */
@@ -636,22 +642,21 @@ __noinline int dns_udp_call(__u64 skp, __u32 ret, __u32 sending, __u32 connected
 	const struct sock *sk = SOCK_RO((void *)skp);
 	struct dns_peer peer = {};
 	struct dns_scratch *s;
-	__u64 name = 0, now;
+	__u64 now;
 
 	if (!sk)
 		return 0;
 	s = scratch_take();
 	if (!s)
 		return 0;
-	if (call_segs_fill(&s->segs, ret, sending && !connected ? &name : 0)) {
-		if (connected)
-			stat_inc(DNS_STAT_UNREADABLE);
+	if (call_segs_fill(&s->segs, ret)) {
+		stat_inc(DNS_STAT_UNREADABLE);
 		goto out;
 	}
 	if (connected)
 		peer_of_sock(sk, &peer);
-	else if (sending && !peer_of_name(name, &peer))
-		goto out; /* not to a DNS port */
+	else if (sending && !peer_of_dest(&peer))
+		goto out;
 	if (sending && !fd_is_sock(sk))
 		goto out;
 	peer.proto = IPPROTO_UDP;
@@ -704,7 +709,7 @@ __noinline int dns_tcp_call(__u64 skp, __u32 ret, __u32 sending)
 	s = scratch_take();
 	if (!s)
 		return 0;
-	if (call_segs_fill(&s->segs, ret, 0)) {
+	if (call_segs_fill(&s->segs, ret)) {
 		stat_inc(DNS_STAT_UNREADABLE);
 		goto out;
 	}

@@ -1959,7 +1959,7 @@ static __always_inline void endpoint_key(const struct sock *sk, struct http_endp
 
 GLOBAL int http_uio_fill(struct scratch *s, __u32 ret)
 {
-	return s ? call_segs_fill(&s->uio, ret, 0) : -1;
+	return s ? call_segs_fill(&s->uio, ret) : -1;
 }
 
 /* ---------------------------------------------------------------- calls */
@@ -2225,7 +2225,7 @@ static __noinline bool starts_like_request(int ret)
 
 	if (!r || ret <= 0)
 		return false;
-	switch (call_buffers(r, &a, &b, 0)) {
+	switch (call_buffers(r, &a, &b)) {
 	case CALL_BUF:
 		break;
 	case CALL_IOV:

@@ -122,18 +122,15 @@ static __always_inline void call_dest(struct pt_regs *r, __u64 *name)
 		*name = 0;
 }
 
-/* The call's buffers; with `name`, also the address of the destination the
- * caller gave (sendto/sendmsg/sendmmsg; 0 for the others: a receive's source
- * is copied out only after the tracepoint). */
-static __always_inline int call_buffers(struct pt_regs *r, __u64 *a, __u64 *b, __u64 *name)
+/* The call's buffers. (Where a send goes is call_dest()'s; a receive's source
+ * is copied out only after the tracepoint.) */
+static __always_inline int call_buffers(struct pt_regs *r, __u64 *a, __u64 *b)
 {
 	__u64 m[4]; /* struct user_msghdr: name, namelen, iov, iovlen */
 	__u64 nr = SYSCALL_NR(r);
 
 	*a = SYSCALL_ARG2(r);
 	*b = SYSCALL_ARG3(r);
-	if (name)
-		*name = nr == NR_SENDTO ? SYSCALL_ARG5(r) : 0;
 	switch (nr) {
 	case NR_READ:
 	case NR_WRITE:
@@ -155,8 +152,6 @@ static __always_inline int call_buffers(struct pt_regs *r, __u64 *a, __u64 *b, _
 	case NR_SENDMSG:
 		if (bpf_probe_read_user(m, sizeof(m), (const void *)*a))
 			return CALL_NONE;
-		if (name && (nr == NR_SENDMSG || nr == NR_SENDMMSG))
-			*name = m[0];
 		*a = m[2];
 		*b = m[3];
 		return CALL_IOV;
@@ -178,9 +173,8 @@ struct call_segs {
 	__u32 __pad0;
 };
 
-/* The call's buffers into *u (and, with `name`, the destination its caller
- * gave): 0 when the call's `ret` bytes can be read from them. */
-static __always_inline int call_segs_fill(struct call_segs *u, __u32 ret, __u64 *name)
+/* The call's buffers into *u: 0 when the call's `ret` bytes can be read from them. */
+static __always_inline int call_segs_fill(struct call_segs *u, __u32 ret)
 {
 	struct pt_regs *r = syscall_regs();
 	__u64 a = 0, b = 0, total = 0;
@@ -188,7 +182,7 @@ static __always_inline int call_segs_fill(struct call_segs *u, __u32 ret, __u64 
 	u->n = 0;
 	if (!r)
 		return -1;
-	switch (call_buffers(r, &a, &b, name)) {
+	switch (call_buffers(r, &a, &b)) {
 	case CALL_BUF:
 		u->seg[0].base = a;
 		u->seg[0].len = b;

@@ -12,11 +12,12 @@
  * SOCKCHAIN_NEXT_TCP() into the TCP_DNS member (dns), which ends with
  * SOCKCHAIN_NEXT_PROTO() into the TCP member (tcpflow); an empty slot falls
  * through to the next one. A UDP socket's call runs UDP_DNS (dns), then UDP
- * (udpflow). dns holds both of its slots with the same programs. Members are ordinary raw_tp programs
- * (they still return early for a protocol not theirs, so a probe that finds
- * its slot taken attaches them on its own); the loader
- * (src/meshlens/probes/sockchain.py) puts them in the slot of their protocol
- * and shares the chain's arrays with a member that continues the chain. */
+ * (udpflow). dns holds both of its slots with the same programs. Members are
+ * ordinary raw_tp programs (they still return early for a protocol not
+ * theirs, so a probe that finds its slot taken attaches them on its own); the
+ * loader (src/meshlens/probes/sockchain.py) puts them in the slot of their
+ * protocol and shares the chain's arrays with a member that continues the
+ * chain. */
 #ifndef MESHLENS_SOCKCHAIN_H
 #define MESHLENS_SOCKCHAIN_H
 
