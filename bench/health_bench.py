@@ -32,10 +32,8 @@ from typing import Any
 
 from meshlens.lab import Host, Lab
 
-# tcphealth_listen is a member of the cgroup_skb chain (docs/skbchain.md): the kernel
-# accounts its time to skbchain_ingress_run, with the other members', so the health
-# figure below leaves it out and "all BPF" has it. The RTT histogram has no program of
-# its own (sampled inside tcpflow_send/tcpflow_recv): its cost, too, is only in "all BPF".
+# The RTT histogram has no program of its own (sampled inside tcpflow_send/tcpflow_recv,
+# whose time the socket chain's dispatcher carries): its cost is only in "all BPF".
 HEALTH_PROGS = {
     "tcpflow_retransmit",
     "tcpflow_reset_sent",
@@ -43,7 +41,7 @@ HEALTH_PROGS = {
     "tcphealth_drop",
     "tcphealth_reset_nosock",
     "tcphealth_synack_retrans",
-    "tcphealth_listen",
+    "tcphealth_state",
 }
 PORT = 7600
 TICK = os.sysconf("SC_CLK_TCK")

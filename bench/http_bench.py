@@ -268,24 +268,34 @@ def in_cgroup(host: Host, *cmd: str) -> list[str]:
             "ip", "netns", "exec", host.name, *cmd]  # fmt: skip
 
 
+def noop_object() -> Path:
+    """bench/noop_skb.bpf.c, compiled by clang into bench/build when stale."""
+    root = Path(__file__).resolve().parent
+    src, out = root / "noop_skb.bpf.c", root / "build" / "noop_skb.bpf.o"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(exist_ok=True)
+        subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I{root.parent / 'build'}",
+                        "-c", str(src), "-o", str(out)], check=True)  # fmt: skip
+    return out
+
+
 def scoped(args: argparse.Namespace) -> int:
     """Kernel cost alone, A/B pairs with the programs attached and detached between
     runs (loaded once, no agent process): the floor of any per-packet (cgroup_skb)
     design (a program per direction that only returns, attached to a cgroup of
     nginx and wrk), or the http probe's own programs."""
     from meshlens import _libbpf
-    from meshlens.probes import skbchain
-    from meshlens.probes.base import cgroup2_root, objects_dir
+    from meshlens.probes.base import cgroup2_root
 
     class NoopControl:
-        """The control: one cgroup_skb program per direction that only returns (the
-        chain's last pass-through program, whose tail call finds no slot), what
-        any per-packet design pays before doing any work."""
+        """The control: a cgroup_skb program per direction that only returns
+        (bench/noop_skb.bpf.c), what any per-packet design pays before it does
+        any work."""
 
         def __init__(self, directions: tuple[str, ...]) -> None:
-            self.obj = _libbpf.BpfObject(str(objects_dir() / "skbchain.bpf.o"))
+            self.obj = _libbpf.BpfObject(str(noop_object()))
             self.obj.load()
-            self.names = [f"skbchain_{d}_pass{skbchain.SLOTS - 1}" for d in directions]
+            self.names = [f"noop_{d}" for d in directions]
             self.links: list[Any] = []
             self.tracing: list[Any] = []
 
@@ -357,7 +367,7 @@ def scoped(args: argparse.Namespace) -> int:
                 HttpAlone()
                 if args.control == "http"
                 else NoopControl(
-                    skbchain.DIRECTIONS if args.control == "noop" else (args.control[5:],)
+                    ("egress", "ingress") if args.control == "noop" else (args.control[5:],)
                 )
             )
             probe.start()  # loaded once; only its links come and go

@@ -1260,8 +1260,7 @@ def md_summary(res: dict[str, Any]) -> list[str]:
             out.append(
                 f"| the same, as shipped (every feature: + dns, http, listen queues) | "
                 f"≤ {TARGET_NS_PER_CALL:.0f} ns | +{a:.0f} ns: http's and dns's look at each "
-                f"call (docs/http.md, docs/dns.md) and the listen queues' per-packet program "
-                f"(ingress, docs/skbchain.md) | {verdict(a, TARGET_NS_PER_CALL)} |"
+                f"call (docs/http.md, docs/dns.md) | {verdict(a, TARGET_NS_PER_CALL)} |"
             )
     f = res.get("flows")
     if f:
@@ -1417,9 +1416,9 @@ def md_findings(res: dict[str, Any]) -> list[str]:
             "program per packet. http and dns run first on every call behind the same "
             "dispatcher (docs/sockchain.md). A TCP call on a socket that is not HTTP costs "
             "http a hash lookup and an 8-byte read of the caller's buffer. dns reads the "
-            "socket's peer port, or an unconnected UDP socket's destination. The only "
-            "per-packet program left is tcphealth's listen queues, on ingress "
-            "(docs/skbchain.md): the kernel's cgroup dispatch on every received packet."
+            "socket's peer port, or an unconnected UDP socket's destination. The listen "
+            "queues are read from the listening sockets (docs/tcphealth.md), so no program "
+            "runs on packets."
         )
     f = res.get("flows")
     if f:
@@ -1568,7 +1567,7 @@ def md_sendloop(s: dict[str, Any]) -> list[str]:
         f'Kernel\'s view (variant "{KVIEW_VARIANT}"): `run_time_ns / run_cnt` of each '
         "program over the same runs, i.e. `meshlens_bpf_program_run_seconds_total / "
         "meshlens_bpf_program_runs_total` (`Agent.probes_and_chain()`). The chains' "
-        "dispatchers (`sockchain_*`, `skbchain_*_run`) include the time of every member "
+        "dispatchers (`sockchain_*`) include the time of every member "
         "they tail-call (a tail call skips the kernel's per-program accounting).",
         "",
         "| loop | program | runs per call | ns per run |",
@@ -1601,9 +1600,7 @@ def md_sendloop(s: dict[str, Any]) -> list[str]:
         "one probe only) in rotated order, "
         "loading the agent just before and unloading it just after its variant, so the "
         "variants alternate A/B/A/B on the same machine state. Added cost = median over "
-        "repetitions of (variant - no agent) from the same repetition. With a feature "
-        "loaded, TCP and UDP calls also pay for the cgroup_skb dispatch (docs/skbchain.md): "
-        "it runs on every packet (data and ACKs). Program runs counted by the "
+        "repetitions of (variant - no agent) from the same repetition. Program runs counted by the "
         "kernel's run-time statistics during each variant (0: statistics really off): "
         + ", ".join(f"{v}: {x:,}" for v, x in stats.items() if v != "none")
         + ". Repetitions discarded because other work disturbed them (another agent's "

@@ -3,18 +3,15 @@
  *  - packet drops with the kernel's reason (skb:kfree_skb; consumed packets
  *    are traced by consume_skb instead, so normal frees never show up here),
  *  - resets sent for no socket (a connect to a closed port), with the reason,
- *  - per listener: accept-queue overflows, SYN-ACK retransmits and the
- *    accept-queue length at SYN time (bcc's tcpsynbl).
+ *  - per listener: drops (accept-queue overflows and other refused SYNs),
+ *    SYN-ACK retransmits and the accept-queue length at each handshake
+ *    (bcc's tcpsynbl).
  * Counters only grow and are never deleted by user space. */
 #include "meshlens.bpf.h"
 #include "tcphealth.h"
-#include "skbchain.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
 
 /* Drop/reset counts by (kind, reason, tuple); LRU so a flood of distinct
  * tuples evicts the coldest keys (counted as evictions by user space). */
@@ -188,62 +185,203 @@ int BPF_PROG(tcphealth_synack_retrans, struct sock *sk, struct request_sock *req
 	return 0;
 }
 
-/* Runs in tcp_filter() for every segment a listening socket receives, before
- * tcp_conn_request() (SYN) or the request-socket / cookie check (the ACK that
- * completes a handshake). Either one is dropped as a ListenOverflow when the
- * accept queue is full at that point; this sees the same queue length. */
-static __always_inline int listen_check(struct __sk_buff *skb)
+/* ---- listen queues, with no per-packet program ----------------------------
+ * A listener counts what it drops in sk_drops (tcp_listendrop(): the kernel's
+ * ListenDrops, i.e. ListenOverflows plus SYNs refused for other reasons).
+ * Nothing traces those drops (an overflowing SYN is even freed as consumed),
+ * so the listening sockets are kept here by address and their sk_drops read
+ * at every refresh (tcphealth_poll, run by user space) and when they close. */
+
+/* A listening socket we read the drops of. */
+struct listen_sock {
+	__u64 netns;
+	__u64 drops_seen; /* sk_drops (32 bits, wraps) when last added */
+	__u16 port;
+	__u16 __pad0;
+	__u32 __pad1;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct listen_sock);
+} tcphealth_listen_socks SEC(".maps");
+
+static __always_inline __u32 sock_drops(const struct sock *sk)
 {
-	struct bpf_sock *bsk = skb->sk;
-	struct tcphealth_listen_value *v;
-	struct tcp_sock *tp;
-	__u32 backlog, max, slot, off;
-	__u8 flags;
+	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
 
-	if (!bsk || bsk->state != BPF_TCP_LISTEN)
-		return 1;
-	bsk = bpf_sk_fullsock(bsk);
-	if (!bsk || bsk->protocol != IPPROTO_TCP)
-		return 1;
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		__u8 vihl;
+	/* 6.18+: some sockets keep per-NUMA-node counters on the side */
+	if (bpf_core_field_exists(sk->sk_drop_counters)) {
+		struct numa_drop_counters *c = BPF_CORE_READ(sk, sk_drop_counters);
 
-		if (bpf_skb_load_bytes(skb, 0, &vihl, 1))
-			return 1;
-		off = (vihl & 0xf) * 4;
-	} else {
-		off = sizeof(struct ipv6hdr);
+		if (c)
+			drops += BPF_CORE_READ(c, drops0.counter) + BPF_CORE_READ(c, drops1.counter);
 	}
-	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1) || (flags & TCP_FLAG_RST))
-		return 1;
-	tp = bpf_skc_to_tcp_sock(bsk);
-	if (!tp)
-		return 1;
-	v = listener(tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum,
-		     tp->inet_conn.icsk_inet.sk.__sk_common.skc_num);
-	if (!v)
-		return 1;
-	backlog = tp->inet_conn.icsk_inet.sk.sk_ack_backlog;
-	max = tp->inet_conn.icsk_inet.sk.sk_max_ack_backlog;
-	v->max_backlog = max;
-	if (backlog > max) /* sk_acceptq_is_full() */
-		__sync_fetch_and_add(&v->overflows, 1);
-	if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
-		__sync_fetch_and_add(&v->syns, 1);
-		slot = backlog ? log2_u32(backlog) + 1 : 0;
-		if (slot >= TCPHEALTH_BACKLOG_SLOTS)
-			slot = TCPHEALTH_BACKLOG_SLOTS - 1;
-		__sync_fetch_and_add(&v->backlog_hist[slot], 1);
-	}
-	return 1;
+	return drops;
 }
 
-SEC("cgroup_skb/ingress")
-int tcphealth_listen(struct __sk_buff *skb)
+/* Add the drops since the last read to the listener's port. Two readers (a
+ * refresh and the close) may race: only the one whose swap succeeds adds, so
+ * nothing is counted twice; the other's later drops wait for the next read. */
+static __always_inline void listen_sock_read(struct listen_sock *r, const struct sock *sk)
 {
-	listen_check(skb);
-	SKBCHAIN_NEXT_INGRESS(skb);
-	return 1;
+	__u64 seen = r->drops_seen, now = sock_drops(sk);
+	struct tcphealth_listen_value *v;
+
+	if (now == seen || __sync_val_compare_and_swap(&r->drops_seen, seen, now) != seen)
+		return;
+	v = listener(r->netns, r->port);
+	if (v)
+		__sync_fetch_and_add(&v->overflows, (__u32)(now - seen));
+}
+
+/* Still the listener it was registered as? (A socket freed between a walk of
+ * the listen hash and its registration would not be.) */
+static __always_inline bool listen_sock_valid(const struct listen_sock *r, const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN &&
+	       BPF_CORE_READ(sk, __sk_common.skc_num) == r->port && sock_netns(sk) == r->netns;
+}
+
+static __always_inline void listen_sock_add(const struct sock *sk, __u64 flags)
+{
+	__u64 key = (__u64)sk;
+	struct listen_sock r = {.netns = sock_netns(sk),
+				.port = BPF_CORE_READ(sk, __sk_common.skc_num),
+				.drops_seen = sock_drops(sk)};
+	struct tcphealth_listen_value *v;
+
+	if (bpf_map_update_elem(&tcphealth_listen_socks, &key, &r, flags) && flags == BPF_ANY)
+		stat_add(&tcphealth_stats, TCPHEALTH_STAT_LISTEN_FULL, 1);
+	v = listener(r.netns, r.port);
+	if (v)
+		v->max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+}
+
+static __always_inline void listen_sock_close(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct listen_sock *r = bpf_map_lookup_elem(&tcphealth_listen_socks, &key);
+
+	if (!r)
+		return;
+	listen_sock_read(r, sk);
+	bpf_map_delete_elem(&tcphealth_listen_socks, &key);
+}
+
+/* A handshake completed on a listener: the child, cloned from the listener a
+ * moment ago in tcp_v4/v6_syn_recv_sock() (after its accept-queue check),
+ * still carries the listener's queue length and limit. That is where bcc's
+ * tcpsynbl samples the backlog. */
+static __always_inline void listen_handshake(const struct sock *child)
+{
+	struct tcphealth_listen_value *v;
+	__u32 backlog, slot;
+
+	v = listener(sock_netns(child), BPF_CORE_READ(child, __sk_common.skc_num));
+	if (!v)
+		return;
+	backlog = BPF_CORE_READ(child, sk_ack_backlog);
+	v->max_backlog = BPF_CORE_READ(child, sk_max_ack_backlog);
+	__sync_fetch_and_add(&v->queued, 1);
+	slot = backlog ? log2_u32(backlog) + 1 : 0;
+	if (slot >= TCPHEALTH_BACKLOG_SLOTS)
+		slot = TCPHEALTH_BACKLOG_SLOTS - 1;
+	__sync_fetch_and_add(&v->backlog_hist[slot], 1);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(tcphealth_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (oldstate != TCP_LISTEN && newstate != TCP_LISTEN)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_LISTEN)
+		listen_sock_add(sk, BPF_ANY);
+	else if (newstate == TCP_SYN_RECV) /* LISTEN->SYN_RECV: a child being cloned */
+		listen_handshake(sk);
+	else if (newstate == TCP_CLOSE)
+		listen_sock_close(sk);
+	return 0;
+}
+
+static long poll_one(struct bpf_map *map, __u64 *key, struct listen_sock *r, void *ctx)
+{
+	const struct sock *sk = (const struct sock *)*key;
+
+	if (listen_sock_valid(r, sk))
+		listen_sock_read(r, sk);
+	else
+		bpf_map_delete_elem(map, key);
+	return 0;
+}
+
+/* Run by user space (BPF_PROG_RUN) before it reads tcphealth_listeners. */
+SEC("syscall")
+int tcphealth_poll(void *ctx)
+{
+	bpf_for_each_map_elem(&tcphealth_listen_socks, poll_one, NULL, 0);
+	return 0;
+}
+
+/* Listeners older than the agent: walked once in the listen hash, which every
+ * network namespace shares (inet_pernet_hashinfo_alloc() shares lhash2). */
+struct adopt_walk {
+	struct inet_listen_hashbucket *buckets;
+	__u64 node; /* the hlist_nulls_node being visited; 0: take the next bucket */
+	__u32 bucket;
+	__u32 n_buckets;
+	__u32 adopted;
+};
+
+static long adopt_step(__u64 i, struct adopt_walk *w)
+{
+	struct inet_listen_hashbucket *bucket;
+	struct hlist_nulls_node *node;
+	const struct sock *sk;
+
+	if (!w->node) {
+		if (w->bucket >= w->n_buckets)
+			return 1;
+		bucket = w->buckets + w->bucket;
+		w->node = (__u64)BPF_CORE_READ(bucket, nulls_head.first);
+		w->bucket++;
+		if (w->node & 1) /* a nulls marker ends the list */
+			w->node = 0;
+		return 0;
+	}
+	node = (struct hlist_nulls_node *)w->node;
+	sk = (const struct sock *)((void *)node -
+				   bpf_core_field_offset(struct sock, __sk_common.skc_nulls_node));
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN &&
+	    BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP) {
+		listen_sock_add(sk, BPF_NOEXIST);
+		w->adopted++;
+	}
+	w->node = (__u64)BPF_CORE_READ(node, next);
+	if (w->node & 1)
+		w->node = 0;
+	return 0;
+}
+
+/* Run by user space once the tracepoint is attached; returns how many
+ * listeners it found (those registered since are skipped: BPF_NOEXIST). */
+SEC("syscall")
+int tcphealth_adopt(void *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct inet_hashinfo *h = BPF_CORE_READ(task, nsproxy, net_ns, ipv4.tcp_death_row.hashinfo);
+	struct adopt_walk w = {};
+
+	if (!h)
+		return -1;
+	w.buckets = BPF_CORE_READ(h, lhash2);
+	w.n_buckets = BPF_CORE_READ(h, lhash2_mask) + 1;
+	bpf_loop(1 << 22, adopt_step, &w, 0);
+	return w.adopted;
 }
 
 const struct tcphealth_key *unused_tcphealth_key __attribute__((unused));

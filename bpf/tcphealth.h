@@ -5,7 +5,7 @@
 #ifndef MESHLENS_TCPHEALTH_H
 #define MESHLENS_TCPHEALTH_H
 
-/* accept-queue length at SYN time: slot 0 = empty, slot i = [2^(i-1), 2^i) */
+/* accept-queue length at each handshake: slot 0 = empty, slot i = [2^(i-1), 2^i) */
 #define TCPHEALTH_BACKLOG_SLOTS 16
 
 enum tcphealth_kind {
@@ -43,8 +43,8 @@ struct tcphealth_listen_key {
 };
 
 struct tcphealth_listen_value {
-	__u64 overflows;      /* segments dropped because the accept queue was full */
-	__u64 syns;           /* SYNs that reached the listener */
+	__u64 overflows;      /* the listeners' sk_drops: ListenDrops, mostly overflows */
+	__u64 queued;         /* handshakes completed into the accept queue */
 	__u64 synack_retrans; /* SYN-ACKs retransmitted */
 	__u64 backlog_hist[TCPHEALTH_BACKLOG_SLOTS];
 	__u32 max_backlog; /* the listen() backlog */

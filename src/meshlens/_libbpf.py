@@ -288,12 +288,12 @@ class Program:
 
     def run(self) -> int:
         """Run a loaded program once without input (BPF_PROG_RUN; e.g. a
-        "syscall" program that starts a timer); its return value."""
+        "syscall" program that starts a timer); its return value, signed."""
         opts = _TestRunOpts(sz=_c.sizeof(_TestRunOpts))
         ret = _test_run(self.fd, _c.byref(opts))
         if ret:
             raise LibbpfError(_errno(ret), f"run {self.name}")
-        return int(opts.retval)
+        return int(_c.c_int32(opts.retval).value)
 
     def attach_cgroup(self, cgroup_path: str) -> Link:
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)

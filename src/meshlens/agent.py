@@ -203,11 +203,11 @@ class Agent:
                 self.statuses.append(probe.status)
 
     def probes_and_chain(self) -> list[Probe]:
-        """The probes, plus the chains that run their cgroup_skb and send/recv programs."""
-        from .probes import skbchain, sockchain
+        """The probes, plus the chain that runs their send/recv programs."""
+        from .probes import sockchain
 
-        chains = [c for c in (skbchain.current(), sockchain.current()) if c]
-        return [*self.probes, *chains] if self.probes else []
+        chain = sockchain.current()
+        return [*self.probes, *([chain] if chain else [])] if self.probes else []
 
     def stop(self) -> None:
         self._stop.set()

@@ -127,7 +127,7 @@ def bpftool(*args: str) -> Any:
     return json.loads(p.stdout.strip() or b"[]")  # nothing attached: a bare newline
 
 
-OUR_PROGS = ("tcpflow_", "udpflow_", "tcphealth_", "dns_", "http_", "skbchain_")
+OUR_PROGS = ("tcpflow_", "udpflow_", "tcphealth_", "dns_", "http_")
 
 
 def our_prog_ids() -> set[int]:

@@ -221,39 +221,84 @@ def test_connect_timeout_when_syns_are_dropped(agent: Agent, lab: Lab) -> None:
     assert syn == kernel
 
 
-def test_listen_overflows_equal_nstat(agent: Agent, lab: Lab) -> None:
-    h1, h2 = lab.hosts
-    port = PORT + 3
+def _backlog1_server(host: Host, port: int, seconds: int) -> subprocess.Popen[str]:
+    """A listener with backlog 1 that never accepts."""
     server = (
         "import socket, time\n"
-        f"l = socket.socket(); l.bind(('{h2.addr}', {port})); l.listen(1)\n"
-        "print('ready', flush=True); time.sleep(12)\n"
+        f"l = socket.socket(); l.bind(('{host.addr}', {port})); l.listen(1)\n"
+        f"print('ready', flush=True); time.sleep({seconds})\n"
     )
-    srv = h2.popen(*h2.python("-c", server), stdout=subprocess.PIPE, text=True)
+    srv = host.popen(*host.python("-c", server), stdout=subprocess.PIPE, text=True)
     assert srv.stdout and srv.stdout.readline().strip() == "ready"
-    before = nstat(h2)
+    return srv
+
+
+def _flood(client: Host, server: Host, port: int, n: int) -> None:
+    """n non-blocking connects, held open 4 s (SYN retransmits included)."""
     flood = (
         "import socket, time\n"
         "socks = []\n"
-        "for _ in range(23):\n"
+        f"for _ in range({n}):\n"
         "    s = socket.socket(); s.setblocking(False)\n"
-        f"    s.connect_ex(('{h2.addr}', {port})); socks.append(s)\n"
+        f"    s.connect_ex(('{server.addr}', {port})); socks.append(s)\n"
         "time.sleep(4)\n"
     )
-    h1.run(*h1.python("-c", flood), timeout=60)
-    after = nstat(h2)
-    srv.kill()
-    srv.wait(timeout=10)
+    client.run(*client.python("-c", flood), timeout=60)
+
+
+def _listener_row(agent: Agent, port: int) -> Any:
     agent.refresh(force=True)
     feat = health(agent.features)
     rows = [(lab_, v) for lab_, v in feat._listener_rows() if lab_[1].endswith(f":{port}")]
     assert len(rows) == 1
-    overflows = int(rows[0][1]["overflows"])
-    kernel = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
-    assert kernel > 0
-    assert overflows == kernel
-    assert int(rows[0][1]["max_backlog"]) == 1
-    assert int(rows[0][1]["syns"]) >= 23
+    return rows[0][1]
+
+
+def test_listen_overflows_equal_nstat(agent: Agent, lab: Lab) -> None:
+    h1, h2 = lab.hosts
+    port = PORT + 3
+    srv = _backlog1_server(h2, port, 12)
+    before = nstat(h2)
+    _flood(h1, h2, port, 23)
+    after = nstat(h2)
+    srv.kill()
+    srv.wait(timeout=10)
+    row = _listener_row(agent, port)  # read after the listener closed: its final drops
+    overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
+    drops = after["TcpExtListenDrops"] - before["TcpExtListenDrops"]
+    assert overflows > 0
+    assert drops == overflows  # nothing else refused SYNs here
+    assert int(row["overflows"]) == drops
+    assert int(row["max_backlog"]) == 1
+    # backlog 1 admits two handshakes (the queue is full only above the limit),
+    # seen at queue lengths 0 and 1; every later one overflowed
+    assert row["backlog_hist"].tolist()[:3] == [1, 1, 0]
+    assert int(row["queued"]) == 2
+
+
+def test_listen_drops_of_a_listener_older_than_the_agent(make_agent: Any, lab: Lab) -> None:
+    """A listener that existed before the agent started is found in the kernel's
+    listen hash; its drops count from the agent's start."""
+    h1, h2 = lab.hosts
+    port = PORT + 5
+    srv = _backlog1_server(h2, port, 20)
+    _flood(h1, h2, port, 3)  # fills the queue before the agent starts
+    agent: Agent = make_agent(features=("tcphealth",))
+    try:
+        probe = health(agent.features).probe
+        assert probe.adopted >= 1
+        before = nstat(h2)
+        _flood(h1, h2, port, 7)
+        after = nstat(h2)
+        row = _listener_row(agent, port)  # the listener is still open: read by the poll
+        drops = after["TcpExtListenDrops"] - before["TcpExtListenDrops"]
+        assert drops > 0
+        assert int(row["overflows"]) == drops
+        assert int(row["queued"]) == 0  # the queue stayed full: no handshake completed
+        assert int(row["max_backlog"]) == 1
+    finally:
+        srv.kill()
+        srv.wait(timeout=10)
 
 
 def _ss_srtt_us(host: Host, *match: str) -> int:

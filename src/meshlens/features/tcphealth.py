@@ -1,6 +1,6 @@
 """Network health a mesh cannot see, beyond what tcpflow counts per connection:
 packet drops with the kernel's reason, resets for no socket, listen-queue
-overflows, SYN-ACK retransmits and the accept-queue length at SYN time."""
+drops, SYN-ACK retransmits and the accept-queue length at each handshake."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ HOST = "host"
 
 
 def backlog_bounds() -> list[str]:
-    """Upper bounds of the SYN-backlog slots: 0, then [2^(i-1), 2^i) -> 2^i - 1."""
+    """Upper bounds of the backlog slots: 0, then [2^(i-1), 2^i) -> 2^i - 1."""
     return ["0"] + [str(2**i - 1) for i in range(1, tcphealth.BACKLOG_SLOTS - 1)] + ["+Inf"]
 
 
@@ -149,15 +149,14 @@ class TcpHealth(Feature):
         labels = ["destination_workload", "destination_service"]
         overflows = CounterMetricFamily(
             "meshlens_tcp_listen_overflows",
-            "Segments a listener dropped because its accept queue was full (ListenOverflows).",
+            "SYNs and handshake ACKs a listener dropped (its ListenDrops): accept-queue "
+            "overflows, and SYNs refused for other reasons.",
             labels=labels,
-        )
-        syns = CounterMetricFamily(
-            "meshlens_tcp_listen_syns", "SYNs that reached a listener.", labels=labels
         )
         backlog = HistogramMetricFamily(
             "meshlens_tcp_syn_backlog",
-            "Accept-queue length of the listener when a SYN arrived (bcc tcpsynbl).",
+            "Accept-queue length of the listener when a handshake completed on it, as bcc's "
+            "tcpsynbl samples it; the count is the connections that entered the queue.",
             labels=labels,
         )
         limit = GaugeMetricFamily(
@@ -166,7 +165,6 @@ class TcpHealth(Feature):
         bounds = backlog_bounds()
         for lab, v in self._listener_rows():
             overflows.add_metric(lab, int(v["overflows"]))
-            syns.add_metric(lab, int(v["syns"]))
             limit.add_metric(lab, int(v["max_backlog"]))
             hist = v["backlog_hist"].tolist()
             cum, buckets = 0, []
@@ -174,7 +172,7 @@ class TcpHealth(Feature):
                 cum += n
                 buckets.append((bound, cum))
             backlog.add_metric(lab, buckets, sum_value=float("nan"))
-        yield from (overflows, syns, backlog, limit)
+        yield from (overflows, backlog, limit)
         s = self.probe.stats()
         full = CounterMetricFamily(
             "meshlens_tcphealth_untracked",
@@ -270,7 +268,7 @@ class TcpDrop(_IntervalTool):
 
 class TcpSynbl(_IntervalTool):
     name = "tcpsynbl"
-    help = "accept-queue length at SYN time per listener (bcc tcpsynbl)"
+    help = "accept-queue length at each handshake per listener (bcc tcpsynbl)"
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:

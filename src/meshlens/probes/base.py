@@ -17,7 +17,6 @@ from ..btf import Btf
 from ..layout import Layout
 
 if TYPE_CHECKING:
-    from .skbchain import Membership
     from .sockchain import Seat
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,6 @@ class Probe:
         self.obj: libbpf.BpfObject | None = None
         self.btf: Btf | None = None
         self.status = ProbeStatus(self.name)
-        self.membership: Membership | None = None  # its place in the cgroup_skb chain
         self.chain_targets: list[str] = []
 
     @property
@@ -89,8 +87,8 @@ class Probe:
         """Between load and attach: fill maps the programs read from the start."""
 
     def attach(self) -> None:
-        """cgroup_skb programs join the chain; other cgroup programs attach to the
-        cgroup-v2 root; "syscall" programs are the loader's to run; the rest
+        """Programs with a slot in the socket chain join it; cgroup programs attach
+        to the cgroup-v2 root; "syscall" programs are the loader's to run; the rest
         attach by section name."""
         assert self.obj
         root = None
@@ -98,18 +96,12 @@ class Probe:
         for prog in self.obj.programs.values():
             if not prog.autoload or prog.section == "syscall" or prog.name in seated:
                 continue
-            if self.membership and prog.section.startswith("cgroup_skb/"):
-                continue
             if prog.section.startswith("cgroup"):
                 root = root or cgroup2_root()
                 self.obj.links.append(prog.attach_cgroup(root))
             else:
                 self.obj.links.append(prog.attach())
-        self.chain_targets = []
-        if self.membership:
-            self.chain_targets += self.membership.fill(self)
-        if self.seat:
-            self.chain_targets += self.seat.fill(self)
+        self.chain_targets = self.seat.fill(self) if self.seat else []
 
     def _take_seat(self) -> set[str]:
         """Names of the programs that run behind the socket chain (none when the
@@ -128,13 +120,11 @@ class Probe:
         for link in self.obj.links:
             link.destroy()
         self.obj.links.clear()
-        if self.membership:
-            self.membership.suspend()
         if self.seat:
             self.seat.suspend()
 
-    # A probe whose object has the chain's arrays joins the process's chain;
-    # the chain itself, and a probe attached elsewhere on purpose, do not.
+    # A probe with a sockchain_slot runs behind the process's socket chain; the
+    # chain itself, and a probe attached elsewhere on purpose, do not.
     chain_member = True
     # A probe that accounts one protocol's send()/recv() calls runs behind the
     # process's socket chain at this slot (bpf/sockchain.h, docs/sockchain.md).
@@ -151,10 +141,6 @@ class Probe:
         assert self.obj
         for name in skip:
             self.obj.programs[name].set_autoload(False)
-        if self.chain_member and "skbchain_egress" in self.obj.maps:
-            from .skbchain import Membership
-
-            self.membership = Membership(self)
         if self._take_seat() and self.seat:
             self.seat.share_arrays(self)
         self.obj.load()
@@ -196,18 +182,11 @@ class Probe:
         (a tail call skips the kernel's accounting): the chain's programs count them."""
         if not self.obj:
             return {}
-        members = (
-            {name for _slot, name in self.membership.slots.values()} if self.membership else set()
-        )
-        if self.seat:
-            members |= set(self.seat.programs.values())
+        members = set(self.seat.programs.values()) if self.seat else set()
         return {name: p.stats() for name, p in self.obj.programs.items() if name not in members}
 
     def close(self) -> None:
-        if self.membership:
-            self.membership.leave()
-            self.membership = None
-            self.chain_targets = []
+        self.chain_targets = []
         if self.seat:
             self.seat.leave()
             self.seat = None
@@ -251,7 +230,3 @@ class PerProcess(Generic[P]):
                 it.close()
                 self._it = None
                 self._holders = 0
-
-
-class CgroupProbe(Probe):
-    """A probe whose programs all run on the cgroup-v2 root (cgroup_skb, sock_ops)."""

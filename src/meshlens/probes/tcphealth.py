@@ -1,5 +1,5 @@
 """Packet- and listener-level network health (bpf/tcphealth.bpf.c): drops with the
-kernel's reason, resets for no socket, listen-queue overflows and SYN backlog.
+kernel's reason, resets for no socket, listen-queue drops and backlog.
 See docs/tcphealth.md."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from .base import Probe
 EVENTS_MAP = "tcphealth_events"
 LISTENERS_MAP = "tcphealth_listeners"
 STATS_MAP = "tcphealth_stats"
+POLL_PROG = "tcphealth_poll"
+ADOPT_PROG = "tcphealth_adopt"
 BACKLOG_SLOTS = 16  # TCPHEALTH_BACKLOG_SLOTS
 
 
@@ -53,7 +55,7 @@ LISTEN_KEY = layout(
 LISTEN_VALUE = layout(
     "tcphealth_listen_value",
     ("overflows", "u64"),
-    ("syns", "u64"),
+    ("queued", "u64"),
     ("synack_retrans", "u64"),
     ("backlog_hist", f"u64[{BACKLOG_SLOTS}]"),
     ("max_backlog", "u32"),
@@ -68,6 +70,7 @@ class TcpHealthProbe(Probe):
     def __init__(self, max_keys: int = 16384) -> None:
         super().__init__()
         self.max_keys = max_keys
+        self.adopted = 0  # listeners older than the probe, found at attach
 
     def configure(self) -> None:
         assert self.obj
@@ -77,7 +80,18 @@ class TcpHealthProbe(Probe):
         keys, vals, n = self.map(EVENTS_MAP).lookup_batch()
         return KEY.decode_many(keys, n), np.frombuffer(vals, "<u8", n)
 
+    def attach(self) -> None:
+        super().attach()
+        assert self.obj
+        # after the tracepoint is attached, so no listener falls in between
+        self.adopted = self.obj.programs[ADOPT_PROG].run()
+        if self.adopted < 0:
+            raise RuntimeError("tcphealth: no listen hash found to adopt listeners from")
+
     def read_listeners(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per (netns, port); the listeners' drops are read from the kernel first."""
+        assert self.obj
+        self.obj.programs[POLL_PROG].run()
         keys, vals, n = self.map(LISTENERS_MAP).lookup_batch()
         return LISTEN_KEY.decode_many(keys, n), LISTEN_VALUE.decode_many(vals, n)
 
