@@ -349,6 +349,38 @@ def scoped(args: argparse.Namespace) -> int:
         def close(self) -> None:
             self.probe.close()
 
+    class AgentControl:
+        """The whole agent as `meshlens run` loads it (every probe and feature, in
+        this process, its threads running), its programs attached for one run of
+        each pair and detached for the other: the agent's kernel cost, run by run.
+        Its tracepoints are the host's; nothing else runs here during the pairs."""
+
+        def __init__(self) -> None:
+            from meshlens.agent import Agent, AgentConfig
+
+            self.agent = Agent(AgentConfig())
+            self.tracing: list[Any] = []
+
+        def start(self) -> None:
+            bad = [st.name for st in self.agent.start() if not st.loaded]
+            if bad:
+                raise RuntimeError(f"probes not loaded: {bad}")
+            self.detach()
+
+        def attach(self) -> None:
+            for probe in self.agent.probes_and_chain():
+                probe.attach()
+
+        def detach(self) -> None:
+            for probe in self.agent.probes_and_chain():
+                probe.detach()
+
+        def program_stats(self) -> dict[str, Any]:
+            return {}  # no run-time statistics: they would cost every run two clock reads
+
+        def close(self) -> None:
+            self.agent.stop()
+
     assert cgroup2_root() == str(Path(CGROUP).parent), "cgroup v2 is not at the expected root"
     os.makedirs(CGROUP, exist_ok=True)
     # run-time statistics cost every program run two clock reads: only for the
@@ -366,6 +398,8 @@ def scoped(args: argparse.Namespace) -> int:
             probe: Any = (
                 HttpAlone()
                 if args.control == "http"
+                else AgentControl()
+                if args.control == "agent"
                 else NoopControl(
                     ("egress", "ingress") if args.control == "noop" else (args.control[5:],)
                 )
@@ -445,11 +479,13 @@ def main() -> int:
         "(no agent process, no start-up between the runs)",
     )  # fmt: skip
     p.add_argument(
-        "--control", choices=("noop", "noop-egress", "noop-ingress", "http"), default="noop",
+        "--control", choices=("noop", "noop-egress", "noop-ingress", "http", "agent"),
+        default="noop",
         help="with --scoped-pairs: `noop`, a cgroup_skb program per direction that only "
         "returns, attached to a cgroup of nginx and wrk (the floor of any per-packet "
         "design; `noop-egress`/`noop-ingress`: one direction); `http`, the http probe's "
-        "programs alone at the socket tracepoints (with run-time statistics)",
+        "programs alone at the socket tracepoints (with run-time statistics); `agent`, "
+        "every program of the agent as `meshlens run` loads it",
     )  # fmt: skip
     args = p.parse_args()
     if args.other:
