@@ -3,8 +3,11 @@
 #include "meshlens.bpf.h"
 #include "sockchain.h"
 
-/* Constant indexes: the verifier turns each tail call into a direct jump. An
- * empty slot falls through. */
+/* Constant indexes, each at a call of its own (bpf_tail_call_static): the
+ * verifier turns each into a direct jump. A plain bpf_tail_call() let clang
+ * merge the TCP and UDP paths' last calls into one with a variable index,
+ * which the JIT emits as an indirect jump (a retpoline here). An empty slot
+ * falls through. */
 static __always_inline int dispatch(void *ctx, void *progs, const struct sock *sk)
 {
 	const struct sock *s = SOCK_RO(sk);
@@ -14,12 +17,12 @@ static __always_inline int dispatch(void *ctx, void *progs, const struct sock *s
 		return 0;
 	proto = s->sk_protocol;
 	if (proto == IPPROTO_TCP) {
-		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP_APP);
-		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP_DNS);
-		bpf_tail_call(ctx, progs, SOCKCHAIN_TCP);
+		bpf_tail_call_static(ctx, progs, SOCKCHAIN_TCP_APP);
+		bpf_tail_call_static(ctx, progs, SOCKCHAIN_TCP_DNS);
+		bpf_tail_call_static(ctx, progs, SOCKCHAIN_TCP);
 	} else if (proto == IPPROTO_UDP) {
-		bpf_tail_call(ctx, progs, SOCKCHAIN_UDP_DNS);
-		bpf_tail_call(ctx, progs, SOCKCHAIN_UDP);
+		bpf_tail_call_static(ctx, progs, SOCKCHAIN_UDP_DNS);
+		bpf_tail_call_static(ctx, progs, SOCKCHAIN_UDP);
 	}
 	return 0;
 }

@@ -41,20 +41,22 @@ struct sockchain_array sockchain_send_progs SEC(".maps");
 struct sockchain_array sockchain_recv_progs SEC(".maps");
 
 /* A TCP_APP member's last step: the members after it, if any (constant
- * indexes: the verifier makes each a direct jump; an empty slot falls through). */
-#define SOCKCHAIN_NEXT_TCP(ctx, array)                         \
-	do {                                                   \
-		bpf_tail_call(ctx, &array, SOCKCHAIN_TCP_DNS); \
-		bpf_tail_call(ctx, &array, SOCKCHAIN_TCP);     \
+ * indexes at calls of their own: the verifier makes each a direct jump; an
+ * empty slot falls through). */
+#define SOCKCHAIN_NEXT_TCP(ctx, array)                                  \
+	do {                                                            \
+		bpf_tail_call_static(ctx, &array, SOCKCHAIN_TCP_DNS);   \
+		bpf_tail_call_static(ctx, &array, SOCKCHAIN_TCP);       \
 	} while (0)
 
-/* A *_DNS member's last step: the protocol's accounting member. */
-#define SOCKCHAIN_NEXT_PROTO(ctx, array, is_tcp)               \
-	do {                                                   \
-		if (is_tcp)                                    \
-			bpf_tail_call(ctx, &array, SOCKCHAIN_TCP); \
-		else                                           \
-			bpf_tail_call(ctx, &array, SOCKCHAIN_UDP); \
+/* A *_DNS member's last step: the protocol's accounting member. Each index at
+ * a call of its own, so both stay direct jumps (see sockchain.bpf.c). */
+#define SOCKCHAIN_NEXT_PROTO(ctx, array, is_tcp)                        \
+	do {                                                            \
+		if (is_tcp)                                             \
+			bpf_tail_call_static(ctx, &array, SOCKCHAIN_TCP); \
+		else                                                    \
+			bpf_tail_call_static(ctx, &array, SOCKCHAIN_UDP); \
 	} while (0)
 
 #endif /* MESHLENS_SOCKCHAIN_H */
