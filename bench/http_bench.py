@@ -268,10 +268,26 @@ def in_cgroup(host: Host, *cmd: str) -> list[str]:
             "ip", "netns", "exec", host.name, *cmd]  # fmt: skip
 
 
+# --control noop*: the no-op programs (bench/noop.bpf.c) each attaches, by suffix
+NOOP_CONTROLS: dict[str, tuple[str, ...]] = {
+    "noop": ("egress", "ingress"),
+    "noop-egress": ("egress",),
+    "noop-ingress": ("ingress",),
+    "noop-calls": ("send", "recv"),
+}
+# --control agent*: AgentConfig overrides ({}: the defaults, every feature)
+AGENT_CONTROLS: dict[str, dict[str, Any]] = {
+    "agent": {},
+    "agent-core": {"features": ()},
+    "agent-core-nohealth": {"features": (), "tcp_health": False},
+    "agent-http": {"features": ("http",)},
+}
+
+
 def noop_object() -> Path:
-    """bench/noop_skb.bpf.c, compiled by clang into bench/build when stale."""
+    """bench/noop.bpf.c, compiled by clang into bench/build when stale."""
     root = Path(__file__).resolve().parent
-    src, out = root / "noop_skb.bpf.c", root / "build" / "noop_skb.bpf.o"
+    src, out = root / "noop.bpf.c", root / "build" / "noop.bpf.o"
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
         out.parent.mkdir(exist_ok=True)
         subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I{root.parent / 'build'}",
@@ -288,14 +304,15 @@ def scoped(args: argparse.Namespace) -> int:
     from meshlens.probes.base import cgroup2_root
 
     class NoopControl:
-        """The control: a cgroup_skb program per direction that only returns
-        (bench/noop_skb.bpf.c), what any per-packet design pays before it does
-        any work."""
+        """The control: programs that only return (bench/noop.bpf.c), on the
+        packets of each direction (cgroup_skb, attached to a cgroup of nginx and
+        wrk) or on the socket-call tracepoints (the host's)."""
 
         def __init__(self, directions: tuple[str, ...]) -> None:
             self.obj = _libbpf.BpfObject(str(noop_object()))
             self.obj.load()
             self.names = [f"noop_{d}" for d in directions]
+            self.calls = directions[0] in ("send", "recv")
             self.links: list[Any] = []
             self.tracing: list[Any] = []
 
@@ -303,7 +320,8 @@ def scoped(args: argparse.Namespace) -> int:
             pass
 
         def attach(self) -> None:
-            self.links = [self.obj.programs[n].attach_cgroup(CGROUP) for n in self.names]
+            progs = [self.obj.programs[n] for n in self.names]
+            self.links = [p.attach() if self.calls else p.attach_cgroup(CGROUP) for p in progs]
 
         def detach(self) -> None:
             for link in self.links:
@@ -355,10 +373,10 @@ def scoped(args: argparse.Namespace) -> int:
         each pair and detached for the other: the agent's kernel cost, run by run.
         Its tracepoints are the host's; nothing else runs here during the pairs."""
 
-        def __init__(self) -> None:
+        def __init__(self, overrides: dict[str, Any]) -> None:
             from meshlens.agent import Agent, AgentConfig
 
-            self.agent = Agent(AgentConfig())
+            self.agent = Agent(AgentConfig(**overrides))
             self.tracing: list[Any] = []
 
         def start(self) -> None:
@@ -398,11 +416,9 @@ def scoped(args: argparse.Namespace) -> int:
             probe: Any = (
                 HttpAlone()
                 if args.control == "http"
-                else AgentControl()
-                if args.control == "agent"
-                else NoopControl(
-                    ("egress", "ingress") if args.control == "noop" else (args.control[5:],)
-                )
+                else AgentControl(AGENT_CONTROLS[args.control])
+                if args.control in AGENT_CONTROLS
+                else NoopControl(NOOP_CONTROLS[args.control])
             )
             probe.start()  # loaded once; only its links come and go
 
@@ -479,13 +495,16 @@ def main() -> int:
         "(no agent process, no start-up between the runs)",
     )  # fmt: skip
     p.add_argument(
-        "--control", choices=("noop", "noop-egress", "noop-ingress", "http", "agent"),
+        "--control", choices=(*NOOP_CONTROLS, "http", *AGENT_CONTROLS),
         default="noop",
         help="with --scoped-pairs: `noop`, a cgroup_skb program per direction that only "
         "returns, attached to a cgroup of nginx and wrk (the floor of any per-packet "
-        "design; `noop-egress`/`noop-ingress`: one direction); `http`, the http probe's "
+        "design; `noop-egress`/`noop-ingress`: one direction; `noop-calls`: one on each "
+        "socket-call tracepoint, the floor of a per-call design); `http`, the http probe's "
         "programs alone at the socket tracepoints (with run-time statistics); `agent`, "
-        "every program of the agent as `meshlens run` loads it",
+        "every program of the agent as `meshlens run` loads it (`agent-core`: without "
+        "its features; `agent-core-nohealth`: nor tcpflow's health hooks and RTT "
+        "samples; `agent-http`: the core and http)",
     )  # fmt: skip
     args = p.parse_args()
     if args.other:
