@@ -301,6 +301,51 @@ def test_listen_drops_of_a_listener_older_than_the_agent(make_agent: Any, lab: L
         srv.wait(timeout=10)
 
 
+def test_listen_queues_of_reuseport_ipv6_listeners(make_agent: Any, lab6: Lab) -> None:
+    """Two SO_REUSEPORT IPv6 listeners on one port, both older than the agent: their
+    drops add up on the port, and every handshake is sampled once."""
+    h1, h2 = lab6.hosts
+    assert h2.addr6
+    port = PORT + 6
+    server = (
+        "import socket, time\n"
+        "ls = []\n"
+        "for _ in range(2):\n"
+        "    l = socket.socket(socket.AF_INET6)\n"
+        "    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+        f"    l.bind(('{h2.addr6}', {port})); l.listen(1); ls.append(l)\n"
+        "print('ready', flush=True); time.sleep(20)\n"
+    )
+    srv = h2.popen(*h2.python("-c", server), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout and srv.stdout.readline().strip() == "ready"
+        agent: Agent = make_agent(features=("tcphealth",))
+        assert health(agent.features).probe.adopted >= 2
+        before = nstat(h2)
+        flood = (
+            "import socket, time\n"
+            "socks = []\n"
+            "for _ in range(17):\n"
+            "    s = socket.socket(socket.AF_INET6); s.setblocking(False)\n"
+            f"    s.connect_ex(('{h2.addr6}', {port})); socks.append(s)\n"
+            "time.sleep(4)\n"
+        )
+        h1.run(*h1.python("-c", flood), timeout=60)
+        after = nstat(h2)
+        row = _listener_row(agent, port)
+        drops = after["TcpExtListenDrops"] - before["TcpExtListenDrops"]
+        opened = after["TcpPassiveOpens"] - before["TcpPassiveOpens"]
+        assert drops > 0
+        assert int(row["overflows"]) == drops
+        assert 2 <= opened <= 4  # each listener admits two, if the hash sent it any
+        assert int(row["queued"]) == opened
+        assert sum(row["backlog_hist"].tolist()) == opened
+        assert int(row["max_backlog"]) == 1
+    finally:
+        srv.kill()
+        srv.wait(timeout=10)
+
+
 def _ss_srtt_us(host: Host, *match: str) -> int:
     """The kernel's smoothed RTT of the one socket `ss -ti <match>` lists, in us."""
     out = host.run("ss", "-tinH", *match).stdout.decode()
