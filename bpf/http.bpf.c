@@ -459,8 +459,8 @@ GLOBAL __u32 http_reporters(struct http_conn *c)
 	return c->peer == PEER_LINKED ? 2 : 1;
 }
 
-/* Add one exchange to the aggregate of an edge. */
-GLOBAL int http_agg_add(__u64 edge, struct http_rec *x)
+/* Add one exchange to the aggregate of an edge (and of its linked server's). */
+GLOBAL int http_agg_add(__u64 edge, __u64 peer_edge, struct http_rec *x)
 {
 	struct http_agg_key k = {};
 	struct http_agg *v;
@@ -469,6 +469,7 @@ GLOBAL int http_agg_add(__u64 edge, struct http_rec *x)
 	if (!x)
 		return 0;
 	k.edge = edge;
+	k.peer_edge = peer_edge;
 	k.route = x->route;
 	k.status = x->status;
 	k.method = x->method;
@@ -617,10 +618,8 @@ GLOBAL int http_record(struct pscal *sc, struct http_conn *c, __u32 mode)
 	x->b_ttfb = http_dur_bucket(x->ttfb);
 	x->b_req = http_size_bucket(x->req_bytes);
 	x->b_resp = http_size_bucket(x->resp_bytes);
-	http_agg_add(c->edge, x);
 	peer = c->peer && http_reporters(c) == 2;
-	if (peer)
-		http_agg_add(c->peer_edge, x);
+	http_agg_add(c->edge, peer ? c->peer_edge : 0, x);
 	if (!sample_interval_ns || !r->sampled)
 		return 0;
 	/* a sampled request: its path and Host wait in http_pending */

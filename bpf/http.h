@@ -118,9 +118,13 @@ struct http_edge {
 	__u32 peer_tgid;
 };
 
-/* Key of http_aggs: one series per edge, route, status and method. */
+/* Key of http_aggs: one series per edge, route, status and method. A client
+ * whose server is a local socket that leaves it the parsing counts the
+ * server's exchange in the same entry (one lookup, one set of adds): user
+ * space adds it to both edges. */
 struct http_agg_key {
 	__u64 edge;
+	__u64 peer_edge; /* the linked server's edge; 0: none */
 	__u32 route;
 	__u16 status;
 	__u8 method;

@@ -224,7 +224,9 @@ class HttpBook:
         routes: dict[int, str] | None,
     ) -> None:
         """keys/values: struct http_agg_key/http_agg rows; edges: edge id ->
-        struct http_edge; routes: route id -> text (None when routes are off)."""
+        struct http_edge; routes: route id -> text (None when routes are off).
+        A row with a peer_edge counts for that edge too (a linked server's side
+        of the same exchanges)."""
         n = len(keys)
         if n == 0:
             return
@@ -232,9 +234,9 @@ class HttpBook:
         raw = np.ascontiguousarray(keys).tobytes()
         size = keys.dtype.itemsize
         named: dict[int, Edge] = {}
-        kcols = (keys["edge"].tolist(), keys["route"].tolist(), keys["status"].tolist(),
-                 keys["method"].tolist())  # fmt: skip
-        for i, (eid, rid, status, method) in enumerate(zip(*kcols, strict=True)):
+        kcols = (keys["edge"].tolist(), keys["peer_edge"].tolist(), keys["route"].tolist(),
+                 keys["status"].tolist(), keys["method"].tolist())  # fmt: skip
+        for i, (eid, peer, rid, status, method) in enumerate(zip(*kcols, strict=True)):
             kb = raw[i * size : (i + 1) * size]
             cur = rows[i]
             last = self._last.get(kb)
@@ -244,19 +246,20 @@ class HttpBook:
             if (delta < 0).any():  # never: kernel counters only grow
                 delta = np.maximum(delta, 0)
             self._last[kb] = cur.copy()
-            edge = named.get(eid)
-            if edge is None:
-                rec = edges.get(eid)
-                edge = edge_of(self.namer, rec) if rec is not None else _unknown_edge()
-                named[eid] = edge
             if routes is None:
                 route = ""
             elif rid == 1:
                 route = OTHER_ROUTE
             else:
                 route = routes.get(rid, OTHER_ROUTE)
-            key = SeriesKey(edge, str(status), method_name(method), route)
-            self._admit(key).v += delta
+            for e in (eid, peer) if peer else (eid,):
+                edge = named.get(e)
+                if edge is None:
+                    rec = edges.get(e)
+                    edge = edge_of(self.namer, rec) if rec is not None else _unknown_edge()
+                    named[e] = edge
+                key = SeriesKey(edge, str(status), method_name(method), route)
+                self._admit(key).v += delta
 
     def totals(self) -> dict[SeriesKey, Series]:
         return self.series

@@ -122,14 +122,14 @@ def edge_row(role: int, peer: bool = False) -> Any:
     return probe.EDGE.decode_many(raw, 1)[0]
 
 
+KEY_FIELDS = ("edge", "peer_edge", "route", "status", "method")
+
+
 def agg_rows(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    keys = b"".join(probe.AGG_KEY.encode(**{k: r[k] for k in ("edge", "route", "status", "method")})
+    keys = b"".join(probe.AGG_KEY.encode(**{k: r[k] for k in KEY_FIELDS if k in r})
                     for r in rows)  # fmt: skip
     vals = b"".join(
-        probe.AGG.encode(
-            **{k: v for k, v in r.items() if k not in ("edge", "route", "status", "method")}
-        )
-        for r in rows
+        probe.AGG.encode(**{k: v for k, v in r.items() if k not in KEY_FIELDS}) for r in rows
     )
     return probe.AGG_KEY.decode_many(keys, len(rows)), probe.AGG.decode_many(vals, len(rows))
 
@@ -164,6 +164,18 @@ def test_book_names_both_reporters_and_grows_monotonically() -> None:
     counts, ns = src.hist("duration")
     assert sum(counts) == 17 and ns == 17 * 7_000_000
     assert src.hist("response") == ([0, 0, 0, 17] + [0] * 7, 17 * 612)
+
+
+def test_book_counts_a_linked_servers_exchanges_for_both_edges() -> None:
+    """A client that parses for its local server: one kernel entry, both reporters."""
+    book = httpmsg.HttpBook(Namer(FakeIdentity()))
+    edges = {7: edge_row(1), 8: edge_row(2, peer=True)}
+    book.update(*agg_rows([row(7, 200, 13, peer_edge=8), row(7, 500, 2)]), edges, None)
+    got = {(k.edge.reporter, k.code): s.count for k, s in book.totals().items()}
+    assert got == {("source", "200"): 13, ("destination", "200"): 13, ("source", "500"): 2}
+    book.update(*agg_rows([row(7, 200, 19, peer_edge=8), row(7, 500, 2)]), edges, None)
+    got = {(k.edge.reporter, k.code): s.count for k, s in book.totals().items()}
+    assert got == {("source", "200"): 19, ("destination", "200"): 19, ("source", "500"): 2}
 
 
 def test_book_caps_series() -> None:

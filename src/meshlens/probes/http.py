@@ -115,6 +115,7 @@ EDGE = layout(
 AGG_KEY = layout(
     "http_agg_key",
     ("edge", "u64"),
+    ("peer_edge", "u64"),
     ("route", "u32"),
     ("status", "u16"),
     ("method", "u8"),
