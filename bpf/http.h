@@ -170,17 +170,7 @@ struct http_req {
 struct http_conn {
 	__u64 id;   /* the connection's id: keys of its carry, link and trace entries */
 	__u64 edge; /* key of its http_edges entry */
-	struct http_dir dir[2]; /* [0] requests, [1] responses */
-	struct http_req fifo[HTTP_FIFO];
-	/* A response that ended before its request did (an early answer): it is
-	 * counted when the request ends, or at the connection's end. */
-	__u64 def_resp_bytes;
-	__u64 def_resp_start;
-	__u64 def_end;
-	__u16 def_status;
-	__u8 def_slot;
-	__u8 def_pending;
-	__u32 __pad1;
+	/* first, next to the map element's key: most calls read only `dead` */
 	__u16 status; /* of the response being parsed */
 	__u8 head;    /* fifo index of the oldest outstanding request */
 	__u8 count;   /* outstanding requests */
@@ -193,6 +183,17 @@ struct http_conn {
 	__u8 peer; /* a client: is its server a local socket that leaves it the parsing? */
 	__u8 __pad2[3];
 	__u64 peer_edge; /* that server's edge (peer == linked) */
+	struct http_dir dir[2]; /* [0] requests, [1] responses */
+	struct http_req fifo[HTTP_FIFO];
+	/* A response that ended before its request did (an early answer): it is
+	 * counted when the request ends, or at the connection's end. */
+	__u64 def_resp_bytes;
+	__u64 def_resp_start;
+	__u64 def_end;
+	__u16 def_status;
+	__u8 def_slot;
+	__u8 def_pending;
+	__u32 __pad1;
 };
 
 /* Trace record (`meshlens trace http`), rate-limited in the kernel. */
