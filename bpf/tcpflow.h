@@ -53,30 +53,32 @@ enum tcpflow_stat {
 /* Value of tcpflow_flows, keyed by the socket's kernel address. Counters are
  * monotonic while the entry lives; user space never writes or deletes it. */
 struct tcpflow_value {
-	__u64 start_ns;
+	/* what every send/recv touches first, next to the map element's key */
 	__u64 bytes_sent; /* sum of sendmsg() results: what the application wrote */
 	__u64 bytes_received;
 	__u64 sends;
 	__u64 recvs;
-	__u64 netns;
-	__u64 cgroup_id;
 	__u32 tgid;
-	__u32 pid;
-	__u8 laddr[16];
-	__u8 raddr[16];
-	__u16 lport;
-	__u16 rport;
-	__u16 family;
+	__u32 srtt_us; /* smoothed RTT of the last sample */
 	__u8 dir;
 	__u8 flags;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u64 start_ns;
+	__u64 netns;
+	__u64 cgroup_id;
+	__u32 pid;
 	__u32 __pad0;
+	__u8 laddr[16];
+	__u8 raddr[16];
 	char comm[TCPFLOW_COMM_LEN];
 	/* network health; monotonic, copied (not taken) into the final record */
 	__u32 retrans[TCPFLOW_RETRANS_TYPES]; /* retransmitted segments by type */
 	__u32 resets_sent;
 	__u32 resets_received;
 	__u32 rst_reason; /* last enum sk_rst_reason sent */
-	__u32 srtt_us;    /* smoothed RTT of the last sample */
+	__u32 __pad1;
 	__u64 rtt_sum_us; /* sum of the samples in rtt_hist */
 	__u32 rtt_hist[TCPFLOW_RTT_SLOTS];
 };
