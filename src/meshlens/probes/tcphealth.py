@@ -5,11 +5,14 @@ See docs/tcphealth.md."""
 from __future__ import annotations
 
 import enum
+import logging
 
 import numpy as np
 
 from ..layout import Layout, layout
 from .base import Probe
+
+log = logging.getLogger(__name__)
 
 EVENTS_MAP = "tcphealth_events"
 LISTENERS_MAP = "tcphealth_listeners"
@@ -86,7 +89,10 @@ class TcpHealthProbe(Probe):
         # after the tracepoint is attached, so no listener falls in between
         self.adopted = self.obj.programs[ADOPT_PROG].run()
         if self.adopted < 0:
-            raise RuntimeError("tcphealth: no listen hash found to adopt listeners from")
+            # new listeners are still seen at listen(): run on, and say what is missing
+            self.status.error = "degraded: listeners older than the agent not found"
+            log.warning("tcphealth: no listen hash found; listeners older than the agent "
+                        "are not watched")  # fmt: skip
 
     def read_listeners(self) -> tuple[np.ndarray, np.ndarray]:
         """Per (netns, port); the listeners' drops are read from the kernel first."""
