@@ -73,6 +73,7 @@ static void tcp_pair(int *a, int *b)
 
 static struct sockaddr_in dest; /* udpu: where sendto() sends */
 static int unconnected;
+static int eagain; /* tcpagain: one recv() per iteration on an empty socket */
 
 static void udp_pair(int *a, int *b)
 {
@@ -99,7 +100,11 @@ static void udp_pair(int *a, int *b)
 
 static void run(int a, int b, long n, char *buf, int bytes, int stream)
 {
-	for (long i = 0; i < n; i++) {
+	/* what ends every read loop of an event-driven server */
+	for (long i = 0; eagain && i < n; i++)
+		if (recv(b, buf, bytes, MSG_DONTWAIT) != -1 || errno != EAGAIN)
+			die("recv: expected EAGAIN");
+	for (long i = 0; !eagain && i < n; i++) {
 		ssize_t s = unconnected ? sendto(a, buf, bytes, 0, (struct sockaddr *)&dest,
 						 sizeof(dest))
 					: send(a, buf, bytes, 0);
@@ -130,13 +135,14 @@ int main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr,
-			"usage: sendloop tcp|udp|udpu ITERATIONS [-s BYTES] [-c CPU] [-w WARMUP]\n");
+			"usage: sendloop tcp|udp|udpu|tcpagain ITERATIONS [-s BYTES] [-c CPU] [-w WARMUP]\n");
 		return 2;
 	}
-	stream = !strcmp(argv[1], "tcp");
+	eagain = !strcmp(argv[1], "tcpagain");
+	stream = eagain || !strcmp(argv[1], "tcp");
 	unconnected = !strcmp(argv[1], "udpu");
 	if (!stream && !unconnected && strcmp(argv[1], "udp")) {
-		fprintf(stderr, "sendloop: protocol must be tcp, udp or udpu\n");
+		fprintf(stderr, "sendloop: protocol must be tcp, udp, udpu or tcpagain\n");
 		return 2;
 	}
 	n = atol(argv[2]);
@@ -175,7 +181,7 @@ int main(int argc, char **argv)
 	t1 = now_ns();
 	printf("{\"proto\":\"%s\",\"iterations\":%ld,\"bytes\":%d,\"cpu\":%d,"
 	       "\"ns_per_pair\":%.2f,\"ns_per_call\":%.2f}\n",
-	       argv[1], n, bytes, cpu, (t1 - t0) / n, (t1 - t0) / (2.0 * n));
+	       argv[1], n, bytes, cpu, (t1 - t0) / n, (t1 - t0) / (eagain ? n : 2.0 * n));
 	close(a);
 	close(b);
 	return 0;
