@@ -224,17 +224,21 @@ static __always_inline __u32 sock_drops(const struct sock *sk)
 
 /* Add the drops since the last read to the listener's port. Two readers (a
  * refresh and the close) may race: only the one whose swap succeeds adds, so
- * nothing is counted twice; the other's later drops wait for the next read. */
-static __always_inline void listen_sock_read(struct listen_sock *r, const struct sock *sk)
+ * nothing is counted twice. False when the other reader won: its read may be
+ * older than ours, so the caller reads again when there is no next read. */
+static __always_inline bool listen_sock_read(struct listen_sock *r, const struct sock *sk)
 {
 	__u64 seen = r->drops_seen, now = sock_drops(sk);
 	struct tcphealth_listen_value *v;
 
-	if (now == seen || __sync_val_compare_and_swap(&r->drops_seen, seen, now) != seen)
-		return;
+	if (now == seen)
+		return true;
+	if (__sync_val_compare_and_swap(&r->drops_seen, seen, now) != seen)
+		return false;
 	v = listener(r->netns, r->port);
 	if (v)
 		__sync_fetch_and_add(&v->overflows, (__u32)(now - seen));
+	return true;
 }
 
 /* Still the listener it was registered as? (A socket freed between a walk of
@@ -267,7 +271,9 @@ static __always_inline void listen_sock_close(const struct sock *sk)
 
 	if (!r)
 		return;
-	listen_sock_read(r, sk);
+	/* the last read: a refresh racing it must not leave drops uncounted */
+	for (int i = 0; i < 4 && !listen_sock_read(r, sk); i++)
+		;
 	bpf_map_delete_elem(&tcphealth_listen_socks, &key);
 }
 
