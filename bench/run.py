@@ -1412,13 +1412,14 @@ def md_findings(res: dict[str, Any]) -> list[str]:
             parts.append(f"kernel's view, ns per call: {progs}")
             out.append("- Send/recv " + "; ".join(parts) + ".")
         out.append(
-            "- The core (tcpflow, udpflow), http and dns run at the socket calls only: no "
-            "program per packet. http and dns run first on every call behind the same "
-            "dispatcher (docs/sockchain.md). A TCP call on a socket that is not HTTP costs "
-            "http a hash lookup and an 8-byte read of the caller's buffer. dns reads the "
-            "socket's peer port, or an unconnected UDP socket's destination. The listen "
-            "queues are read from the listening sockets (docs/tcphealth.md), so no program "
-            "runs on packets."
+            "- No program runs per packet. On the socket calls run http and dns (on every "
+            "call) and udpflow (on UDP calls), behind one dispatcher (docs/sockchain.md). "
+            "tcpflow runs at state changes only: it reads each socket's own sequence "
+            "numbers at every refresh and at close (docs/tcpflow.md). A TCP call on a "
+            "socket that is not HTTP costs http a hash lookup and an 8-byte read of the "
+            "caller's buffer. dns reads the socket's peer port, or an unconnected UDP "
+            "socket's destination. The listen queues are read from the listening sockets "
+            "(docs/tcphealth.md)."
         )
     f = res.get("flows")
     if f:

@@ -104,4 +104,50 @@ static __always_inline __u32 log2_u32(__u32 v)
 	return r;
 }
 
+/* A walk over the sockets of one of the kernel's socket hashes (lhash2,
+ * ehash): an array of buckets, each holding an hlist_nulls chain linked
+ * through skc_nulls_node. Made for bpf_loop(), one node per step. */
+struct nulls_walk {
+	__u64 buckets;  /* address of bucket 0 */
+	__u64 node;     /* the hlist_nulls_node being visited; 0: take the next bucket */
+	__u32 stride;   /* size of a bucket */
+	__u32 head_off; /* offset of the chain's head in a bucket */
+	__u32 bucket;
+	__u32 n_buckets;
+};
+
+/* The walk's next socket; 0 between buckets. *done at the end. */
+static __always_inline const struct sock *nulls_walk_next(struct nulls_walk *w, bool *done)
+{
+	const struct hlist_nulls_node *node;
+
+	if (!w->node) {
+		if (w->bucket >= w->n_buckets) {
+			*done = true;
+			return 0;
+		}
+		bpf_probe_read_kernel(&w->node, sizeof(w->node),
+				      (void *)(w->buckets + (__u64)w->bucket * w->stride + w->head_off));
+		w->bucket++;
+		if (w->node & 1) /* a nulls marker ends the chain */
+			w->node = 0;
+		return 0;
+	}
+	node = (const struct hlist_nulls_node *)w->node;
+	w->node = (__u64)BPF_CORE_READ(node, next);
+	if (w->node & 1)
+		w->node = 0;
+	return (const struct sock *)((void *)node -
+				     bpf_core_field_offset(struct sock, __sk_common.skc_nulls_node));
+}
+
+/* The socket hashes of the caller's network namespace (every namespace shares
+ * them unless tcp_child_ehash_entries gave it an ehash of its own). */
+static __always_inline struct inet_hashinfo *tcp_hashinfo(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return BPF_CORE_READ(task, nsproxy, net_ns, ipv4.tcp_death_row.hashinfo);
+}
+
 #endif /* MESHLENS_BPF_H */

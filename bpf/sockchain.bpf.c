@@ -24,7 +24,6 @@ static __always_inline int dispatch(void *ctx, void *progs, const struct sock *s
 			return 0;
 		bpf_tail_call_static(ctx, progs, SOCKCHAIN_TCP_APP);
 		bpf_tail_call_static(ctx, progs, SOCKCHAIN_TCP_DNS);
-		bpf_tail_call_static(ctx, progs, SOCKCHAIN_TCP);
 	} else if (proto == IPPROTO_UDP) {
 		bpf_tail_call_static(ctx, progs, SOCKCHAIN_UDP_DNS);
 		bpf_tail_call_static(ctx, progs, SOCKCHAIN_UDP);

@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
-/* TCP flow accounting without lost updates.
+/* TCP flow accounting with no program per send or recv.
  *
- * Bytes and calls come from the sock_send_length / sock_recv_length raw
- * tracepoints (process context, after every sendmsg/recvmsg), so they are what
- * the application wrote and read. The lifecycle comes from inet_sock_set_state.
- * Entries are keyed by the socket's address and owned by the kernel: created at
- * connect()/establishment/first I/O, deleted at TCP_CLOSE right after the final
- * record is submitted to the ring buffer. User space only reads. Counters taken
- * by the close handler are swapped out atomically; an adder that finds the
- * entry closing swaps out what it added and reports it as a late record, so
- * every byte is reported exactly once. */
+ * The bytes an application wrote and read are in its socket already: write_seq
+ * and copied_seq advance by exactly what sendmsg/sendfile queued and recvmsg
+ * copied out (plus one for each FIN). Each socket's entry holds those numbers
+ * as they were when counting began; tcpflow_poll (a syscall program user space
+ * runs before every read of the map) and the close turn the socket's numbers
+ * now into byte counts. The lifecycle comes from inet_sock_set_state: entries
+ * are created at connect()/establishment, or found in the established hash
+ * when the agent starts (tcpflow_adopt), and closed at TCP_CLOSE, when the
+ * final record goes to the ring buffer. Data the application reads after that
+ * (a peer's reply after our FIN) is added by a late record when the socket is
+ * destroyed (tcp_destroy_sock). The kernel is the only writer and deleter of
+ * entries; user space only reads. */
 #include "meshlens.bpf.h"
 #include "tcpflow.h"
 
@@ -142,19 +145,18 @@ static __always_inline void fill_event_owner(struct tcpflow_event *e, const stru
 	__builtin_memcpy(e->rtt_hist, v->rtt_hist, sizeof(e->rtt_hist));
 }
 
-/* Bytes counted after (or while) the close record was made. */
+/* A late record: data read, or a reset sent, after the close record. */
 static __always_inline void emit_late(const struct sock *sk, const struct tcpflow_value *v,
-				      __u64 sent, __u64 received, __u64 sends, __u64 recvs,
-				      __u32 rst_reason_plus1)
+				      __u64 received, __u32 rst_reason_plus1)
 {
 	struct tcpflow_event *e;
 
-	if (!(sent | received | sends | recvs | rst_reason_plus1))
+	if (!(received | rst_reason_plus1))
 		return;
 	e = bpf_ringbuf_reserve(&tcpflow_events, sizeof(*e), 0);
 	if (!e) {
 		stat_add(&tcpflow_stats, TCPFLOW_STAT_EVENTS_LOST, 1);
-		stat_add(&tcpflow_stats, TCPFLOW_STAT_BYTES_LOST, sent + received);
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_BYTES_LOST, received);
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
@@ -174,27 +176,23 @@ static __always_inline void emit_late(const struct sock *sk, const struct tcpflo
 		e->rst_reason = rst_reason_plus1 - 1;
 	}
 	e->type = TCPFLOW_EV_LATE;
-	e->bytes_sent = sent;
 	e->bytes_received = received;
-	e->sends = sends;
-	e->recvs = recvs;
 	stat_add(&tcpflow_stats, TCPFLOW_STAT_LATE, 1);
 	bpf_ringbuf_submit(e, ringbuf_flags(&tcpflow_events, wakeup_bytes));
 }
 
-/* The RTT histogram is sampled where we already run (each send/recv, and at
+/* The RTT histogram is sampled where we already run (every poll, and at
  * close), not per segment: one sample when the smoothed RTT moved since the
- * last one. Several moves between two calls give one sample, the latest. send
- * and recv of one socket may race on two CPUs: the cmpxchg lets one of them
- * count a given value. */
+ * last one. Several moves between two polls give one sample, the latest. A
+ * poll and the close may race on two CPUs: the cmpxchg lets one of them count
+ * a given value. */
 static __always_inline void rtt_sample(const struct sock *sk, struct tcpflow_value *v)
 {
 	__u32 srtt, last, slot;
 
 	if (!rtt_samples)
 		return;
-	srtt = ((const struct tcp_sock *)bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock)))
-		       ->srtt_us >> 3;
+	srtt = BPF_CORE_READ((const struct tcp_sock *)sk, srtt_us) >> 3;
 	last = v->srtt_us;
 	if (!srtt || srtt == last)
 		return;
@@ -207,59 +205,98 @@ static __always_inline void rtt_sample(const struct sock *sk, struct tcpflow_val
 	__sync_fetch_and_add(&v->rtt_sum_us, srtt);
 }
 
-static __always_inline int account(const struct sock *sk, int ret, int flags, bool send)
-{
-	const struct sock *s = SOCK_RO(sk);
-	struct tcpflow_value *v;
-	__u64 key = (__u64)sk;
+/* ---- bytes from the socket's sequence numbers ----------------------------
+ * write_seq counts every byte the application queued (sendmsg, sendfile,
+ * splice) and copied_seq every byte it read, each plus one for a FIN: ours
+ * once it is queued, the peer's once the application read it. Both are 32
+ * bits and wrap; the kernel's 64-bit totals (bytes_acked, bytes_received)
+ * give the high bits, as they differ from the exact count only by what is in
+ * flight or unread. A poll reads the socket without its lock: the reads are
+ * ordered so that a half-done update makes a count one short, never one over
+ * (the next poll has it right; counts are kept at their maximum). */
 
-	if (ret <= 0 || !s || (!send && (flags & MSG_PEEK_FLAG)))
-		return 0;
-	/* a plain load: cheaper than the map lookup a UDP socket would miss */
-	if (s->sk_protocol != IPPROTO_TCP)
-		return 0;
-	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
-	if (!v) {
-		if (s->__sk_common.skc_state == TCP_CLOSE) {
-			emit_late(sk, 0, send ? ret : 0, send ? 0 : ret, send, !send, 0);
-			return 0;
-		}
-		v = flow_create(sk, TCPFLOW_DIR_UNKNOWN, true);
-		if (!v)
-			return 0;
-	} else if (!v->tgid) {
-		/* accepted before its listener was seen: the reader owns it */
-		owner_from_current(&v->tgid, &v->pid, &v->cgroup_id, v->comm);
+struct seq_now {
+	__u64 sent_approx;     /* bytes_acked + unacked */
+	__u64 received_approx; /* bytes_received - unread */
+	__u64 tcp_received;
+	__u32 write; /* write_seq less our FIN */
+	__u32 copied; /* copied_seq less the peer's FIN */
+	__u32 unread; /* data bytes received, not read yet */
+	__u32 copied_raw;
+};
+
+static __always_inline void seq_read(const struct sock *sk, bool fin_sent, struct seq_now *n)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u32 write_seq, snd_una, copied, rcv_nxt, fin_read;
+	__u64 acked, flags;
+
+	/* fin_sent was read before write_seq: tcpflow_state sets it before the
+	 * FIN enters write_seq */
+	acked = BPF_CORE_READ(tp, bytes_acked);
+	snd_una = BPF_CORE_READ(tp, snd_una);
+	write_seq = BPF_CORE_READ(tp, write_seq);
+	/* copied_seq first: if it holds the peer's FIN, SOCK_DONE (set by
+	 * tcp_fin() before the FIN can be read) and rcv_nxt, read after it,
+	 * show the FIN too */
+	copied = BPF_CORE_READ(tp, copied_seq);
+	flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	rcv_nxt = BPF_CORE_READ(tp, rcv_nxt);
+	n->tcp_received = BPF_CORE_READ(tp, bytes_received);
+	n->sent_approx = acked + (__u32)(write_seq - snd_una);
+	n->received_approx = n->tcp_received - (__u32)(rcv_nxt - copied);
+	n->write = write_seq - fin_sent;
+	n->copied_raw = copied;
+	n->unread = rcv_nxt - copied;
+	fin_read = 0;
+	if (flags & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) {
+		/* the peer's FIN is the last sequence number rcv_nxt covers */
+		if (copied == rcv_nxt)
+			fin_read = 1;
+		else
+			n->unread -= 1;
 	}
-	rtt_sample(sk, v);
-	if (send) {
-		__sync_fetch_and_add(&v->bytes_sent, ret);
-		__sync_fetch_and_add(&v->sends, 1);
-	} else {
-		__sync_fetch_and_add(&v->bytes_received, ret);
-		__sync_fetch_and_add(&v->recvs, 1);
-	}
-	if (v->flags & TCPFLOW_F_CLOSING) {
-		/* The close handler may already have taken the counters: whatever is
-		 * left now is ours to report. */
-		emit_late(sk, v, __sync_lock_test_and_set(&v->bytes_sent, 0),
-			  __sync_lock_test_and_set(&v->bytes_received, 0),
-			  __sync_lock_test_and_set(&v->sends, 0),
-			  __sync_lock_test_and_set(&v->recvs, 0), 0);
-	}
-	return 0;
+	n->copied = copied - fin_read;
 }
 
-SEC("raw_tp/sock_send_length")
-int BPF_PROG(tcpflow_send, struct sock *sk, int ret, int flags)
+/* Exact count from its low 32 bits and an estimate within 2^31 of it. */
+static __always_inline __u64 widen(__u32 low, __u64 approx)
 {
-	return account(sk, ret, flags, true);
+	__s64 v = (__s64)approx + (__s32)(low - (__u32)approx);
+
+	return v > 0 ? v : 0;
 }
 
-SEC("raw_tp/sock_recv_length")
-int BPF_PROG(tcpflow_recv, struct sock *sk, int ret, int flags)
+/* Counting begins: at establishment, or when found by tcpflow_adopt. */
+static __always_inline void counting_begin(const struct sock *sk, struct tcpflow_value *v)
 {
-	return account(sk, ret, flags, false);
+	struct seq_now n;
+
+	seq_read(sk, v->flags & TCPFLOW_F_FIN_SENT, &n);
+	v->sent_base = n.sent_approx;
+	v->received_base = n.received_approx;
+	v->write_base = n.write;
+	v->copied_base = n.copied;
+	v->flags |= TCPFLOW_F_COUNTING;
+}
+
+/* Bring the entry's counts up to the socket's numbers; false if not counting. */
+static __always_inline bool counts_update(const struct sock *sk, struct tcpflow_value *v,
+					  struct seq_now *n)
+{
+	__u8 flags = *(volatile __u8 *)&v->flags;
+	__u64 sent, received;
+
+	if (!(flags & TCPFLOW_F_COUNTING))
+		return false;
+	seq_read(sk, flags & TCPFLOW_F_FIN_SENT, n);
+	sent = widen(n->write - v->write_base, n->sent_approx - v->sent_base);
+	received = widen(n->copied - v->copied_base, n->received_approx - v->received_base);
+	if (sent > v->bytes_sent)
+		v->bytes_sent = sent;
+	if (received > v->bytes_received)
+		v->bytes_received = received;
+	return true;
 }
 
 static __always_inline void listener_add(const struct sock *sk)
@@ -315,59 +352,97 @@ static __always_inline void flow_established(const struct sock *sk, int oldstate
 		v->flags |= TCPFLOW_F_OPENED;
 		/* the local port was not yet bound when connect() created the entry */
 		read_sock_tuple(sk, v->family, v->laddr, v->raddr, &v->lport, &v->rport);
+		/* the handshake is done and no data moved yet (the state changes
+		 * before the segment's data is queued) */
+		counting_begin(sk, v);
 	}
 	if (emit_opens)
 		emit_open(sk, v, dir == TCPFLOW_DIR_PASSIVE ? TCPFLOW_EV_ACCEPT : TCPFLOW_EV_CONNECT,
 			  oldstate);
 }
 
+static __always_inline void flow_delete(__u64 key)
+{
+	if (!bpf_map_delete_elem(&tcpflow_flows, &key))
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
+}
+
+/* The final record, with the counts as of now. */
+static __always_inline void emit_close(const struct sock *sk, const struct tcpflow_value *v,
+				       int oldstate)
+{
+	struct tcpflow_event *e = bpf_ringbuf_reserve(&tcpflow_events, sizeof(*e), 0);
+
+	if (!e) {
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_EVENTS_LOST, 1);
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_BYTES_LOST, v->bytes_sent + v->bytes_received);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	fill_event_from_sock(e, sk);
+	fill_event_owner(e, v);
+	e->type = TCPFLOW_EV_CLOSE;
+	e->oldstate = oldstate;
+	e->bytes_sent = v->bytes_sent;
+	e->bytes_received = v->bytes_received;
+	bpf_ringbuf_submit(e, ringbuf_flags(&tcpflow_events, wakeup_bytes));
+}
+
 static __always_inline void flow_close(const struct sock *sk, int oldstate)
 {
 	__u64 key = (__u64)sk;
 	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
-	struct tcpflow_event *e;
-	__u64 sent = 0, received = 0, sends = 0, recvs = 0;
+	struct seq_now n = {};
+	bool counting;
 
 	if (oldstate == TCP_SYN_SENT) {
 		/* connect() failed: not a connection; the record says why (sk_err) */
 		emit_open(sk, v, TCPFLOW_EV_CONNECT_FAILED, oldstate);
-		if (v && !bpf_map_delete_elem(&tcpflow_flows, &key))
-			stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
-		return;
-	}
-	if (oldstate == TCP_SYN_RECV || oldstate == TCP_CLOSE)
-		return;
-	if (v) {
-		rtt_sample(sk, v); /* a move after the last send/recv; copied below */
-		v->flags |= TCPFLOW_F_CLOSING;
-		sent = __sync_lock_test_and_set(&v->bytes_sent, 0);
-		received = __sync_lock_test_and_set(&v->bytes_received, 0);
-		sends = __sync_lock_test_and_set(&v->sends, 0);
-		recvs = __sync_lock_test_and_set(&v->recvs, 0);
-	}
-	e = bpf_ringbuf_reserve(&tcpflow_events, sizeof(*e), 0);
-	if (!e) {
-		stat_add(&tcpflow_stats, TCPFLOW_STAT_EVENTS_LOST, 1);
-		stat_add(&tcpflow_stats, TCPFLOW_STAT_BYTES_LOST, sent + received);
-	} else {
-		__builtin_memset(e, 0, sizeof(*e));
-		fill_event_from_sock(e, sk);
 		if (v)
-			fill_event_owner(e, v);
-		else
-			e->cgroup_id = sock_cgroup_id(sk); /* older than the agent, idle since */
-		e->type = TCPFLOW_EV_CLOSE;
-		e->oldstate = oldstate;
-		e->bytes_sent = sent;
-		e->bytes_received = received;
-		e->sends = sends;
-		e->recvs = recvs;
-		/* submit before delete: a reader that no longer finds the entry is
-		 * sure to find its record */
-		bpf_ringbuf_submit(e, ringbuf_flags(&tcpflow_events, wakeup_bytes));
+			flow_delete(key);
+		return;
 	}
-	if (v && !bpf_map_delete_elem(&tcpflow_flows, &key))
-		stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
+	if (!v || oldstate == TCP_SYN_RECV || oldstate == TCP_CLOSE)
+		return;
+	rtt_sample(sk, v); /* a move after the last poll; copied below */
+	counting = counts_update(sk, v, &n);
+	/* from here on the poll leaves the entry alone and user space counts
+	 * the record, not the entry; submitted before any delete, so a reader
+	 * that no longer finds the entry is sure to find its record */
+	v->flags |= TCPFLOW_F_CLOSING;
+	emit_close(sk, v, oldstate);
+	if (!counting || !n.unread ||
+	    (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DEAD)))) {
+		flow_delete(key);
+		return;
+	}
+	/* Unread data the application may still read (our FIN went first, then
+	 * the peer's reply and FIN): tcpflow_destroy adds what it read. */
+	v->copied_close = n.copied_raw;
+	v->unread_close = n.unread;
+	v->tcp_received_close = n.tcp_received;
+}
+
+/* Set before tcp_send_fin() queues the FIN (tcp_close_state() changes the
+ * state first), so a poll never counts the FIN as data. */
+static __always_inline void flow_fin_sent(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
+
+	if (v)
+		v->flags |= TCPFLOW_F_FIN_SENT; /* under the socket lock, as every state change */
+}
+
+/* A connect() on a socket that tcp_disconnect() reset: what the old entry
+ * waited for is gone with the receive queue. */
+static __always_inline void flow_connect(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	if (bpf_map_lookup_elem(&tcpflow_flows, &key))
+		flow_delete(key);
+	flow_create(sk, TCPFLOW_DIR_ACTIVE, true);
 }
 
 SEC("raw_tp/inet_sock_set_state")
@@ -382,13 +457,159 @@ int BPF_PROG(tcpflow_state, struct sock *sk, int oldstate, int newstate)
 		if (newstate == TCP_CLOSE)
 			listener_del(sk);
 	} else if (newstate == TCP_SYN_SENT) {
-		flow_create(sk, TCPFLOW_DIR_ACTIVE, true);
+		flow_connect(sk);
 	} else if (newstate == TCP_ESTABLISHED) {
 		flow_established(sk, oldstate);
+	} else if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
+		flow_fin_sent(sk);
 	} else if (newstate == TCP_CLOSE) {
 		flow_close(sk, oldstate);
 	}
 	return 0;
+}
+
+/* The socket is being freed: nothing reads it any more. An entry still here
+ * waited for the data that was unread at close. */
+SEC("raw_tp/tcp_destroy_sock")
+int BPF_PROG(tcpflow_destroy, struct sock *sk)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 key = (__u64)sk;
+	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
+	__u32 read;
+
+	if (!v)
+		return 0;
+	if (!(v->flags & TCPFLOW_F_CLOSING)) {
+		/* closed while tcpflow_adopt made its entry: its close went unseen */
+		struct seq_now n;
+
+		counts_update(sk, v, &n);
+		v->flags |= TCPFLOW_F_CLOSING;
+		emit_close(sk, v, TCP_CLOSE);
+	} else if (BPF_CORE_READ(tp, bytes_received) == v->tcp_received_close) {
+		/* (tcp_disconnect(), i.e. connect(AF_UNSPEC), moved copied_seq over
+		 * the data it threw away, and zeroed bytes_received) */
+		read = BPF_CORE_READ(tp, copied_seq) - v->copied_close;
+		/* the peer's FIN, if read, is one past the data */
+		emit_late(sk, v, read < v->unread_close ? read : v->unread_close, 0);
+	}
+	flow_delete(key);
+	return 0;
+}
+
+/* ---- the poll and the adoption, run by user space ---------------------- */
+
+/* Still the socket it was registered as? A socket found by tcpflow_adopt may
+ * have been freed before its entry was made, and its memory reused. */
+static __always_inline bool flow_valid(const struct sock *sk, const struct tcpflow_value *v)
+{
+	__u16 lport, rport;
+
+	if (!v->lport)
+		return true; /* connect() in progress: not counting yet */
+	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return lport == v->lport && rport == v->rport && sock_netns(sk) == v->netns &&
+	       BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+static long poll_one(struct bpf_map *map, __u64 *key, struct tcpflow_value *v, void *ctx)
+{
+	const struct sock *sk = (const struct sock *)*key;
+	struct seq_now n;
+
+	if (v->flags & TCPFLOW_F_CLOSING)
+		return 0; /* counted by its record */
+	if (!flow_valid(sk, v)) {
+		/* its last counts go out as its final record */
+		v->flags |= TCPFLOW_F_CLOSING;
+		emit_close(sk, v, 0);
+		bpf_map_delete_elem(map, key);
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_STALE, 1);
+		return 0;
+	}
+	rtt_sample(sk, v);
+	counts_update(sk, v, &n);
+	return 0;
+}
+
+/* Run by user space (BPF_PROG_RUN) before it reads tcpflow_flows. */
+SEC("syscall")
+int tcpflow_poll(void *ctx)
+{
+	bpf_for_each_map_elem(&tcpflow_flows, poll_one, NULL, 0);
+	return 0;
+}
+
+/* Connections older than the agent: walked once in the established hash.
+ * Counted from now, as a connection of unknown direction: user space tells
+ * the side from the listeners. */
+struct adopt_walk {
+	struct nulls_walk walk;
+	__u32 adopted;
+};
+
+#define TCPF_ADOPTABLE                                                                  \
+	((1 << TCP_ESTABLISHED) | (1 << TCP_FIN_WAIT1) | (1 << TCP_FIN_WAIT2) |         \
+	 (1 << TCP_CLOSE_WAIT) | (1 << TCP_LAST_ACK) | (1 << TCP_CLOSING))
+#define TCPF_FIN_SENT ((1 << TCP_FIN_WAIT1) | (1 << TCP_FIN_WAIT2) | (1 << TCP_LAST_ACK) | \
+		       (1 << TCP_CLOSING))
+
+static __always_inline void flow_adopt(const struct sock *sk, __u8 state, struct adopt_walk *w)
+{
+	__u64 key = (__u64)sk;
+	struct tcpflow_value *v;
+
+	if (bpf_map_lookup_elem(&tcpflow_flows, &key))
+		return; /* seen live since the programs were attached */
+	v = flow_create(sk, TCPFLOW_DIR_UNKNOWN, false);
+	if (!v || (v->flags & TCPFLOW_F_COUNTING))
+		return;
+	if ((1 << state) & TCPF_FIN_SENT)
+		v->flags |= TCPFLOW_F_FIN_SENT;
+	/* not OPENED: it opened before we watched, as a socket first seen at
+	 * its close */
+	counting_begin(sk, v);
+	w->adopted++;
+}
+
+static long adopt_step(__u64 i, struct adopt_walk *w)
+{
+	bool done = false;
+	const struct sock *sk = nulls_walk_next(&w->walk, &done);
+	__u8 state;
+
+	if (done)
+		return 1;
+	if (!sk)
+		return 0;
+	/* the chains also hold TIME_WAIT and NEW_SYN_RECV mini-sockets: the
+	 * state, in the common part, tells them apart before anything else is read */
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state < 16 && ((1 << state) & TCPF_ADOPTABLE) &&
+	    BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP)
+		flow_adopt(sk, state, w);
+	return 0;
+}
+
+/* Run by user space once the programs are attached; returns how many
+ * connections it found (those seen live since are skipped). */
+SEC("syscall")
+int tcpflow_adopt(void *ctx)
+{
+	struct inet_hashinfo *h = tcp_hashinfo();
+	struct adopt_walk w = {};
+
+	if (!h)
+		return -1;
+	w.walk.buckets = (__u64)BPF_CORE_READ(h, ehash);
+	w.walk.n_buckets = BPF_CORE_READ(h, ehash_mask) + 1;
+	w.walk.stride = bpf_core_type_size(struct inet_ehash_bucket);
+	w.walk.head_off = bpf_core_field_offset(struct inet_ehash_bucket, chain);
+	bpf_loop(1 << 23, adopt_step, &w, 0);
+	return w.adopted;
 }
 
 /* ---- network health per socket ---------------------------------------- */
@@ -438,12 +659,12 @@ int BPF_PROG(tcpflow_reset_sent, struct sock *sk, struct sk_buff *skb, int reaso
 	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
 		return 0; /* mini sockets are never flows */
 	v = bpf_map_lookup_elem(&tcpflow_flows, &key);
-	if (v) {
+	if (v && !(v->flags & TCPFLOW_F_CLOSING)) {
 		__sync_fetch_and_add(&v->resets_sent, 1);
 		v->rst_reason = reason;
 	} else if (state == TCP_CLOSE) {
 		/* e.g. close() with unread data: CLOSE first, then the reset */
-		emit_late(sk, 0, 0, 0, 0, 0, reason + 1);
+		emit_late(sk, v, 0, reason + 1);
 	}
 	return 0;
 }

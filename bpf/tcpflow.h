@@ -27,13 +27,15 @@ enum tcpflow_dir {
 };
 
 enum tcpflow_flag {
-	TCPFLOW_F_OPENED = 1,  /* reached ESTABLISHED while we watched */
-	TCPFLOW_F_CLOSING = 2, /* close handler took the counters; late adders give back */
+	TCPFLOW_F_OPENED = 1,   /* reached ESTABLISHED while we watched */
+	TCPFLOW_F_CLOSING = 2,  /* the close record is out; the entry waits for reads after it */
+	TCPFLOW_F_COUNTING = 4, /* the *_base fields are set: bytes are counted from them */
+	TCPFLOW_F_FIN_SENT = 8, /* a FIN is (about to be) in write_seq */
 };
 
 enum tcpflow_event_type {
 	TCPFLOW_EV_CLOSE = 1,   /* final record; the kernel deleted the entry */
-	TCPFLOW_EV_LATE = 2,    /* bytes counted after the close record */
+	TCPFLOW_EV_LATE = 2,    /* bytes read or a reset sent after the close record */
 	TCPFLOW_EV_CONNECT = 3, /* active open finished (trace only) */
 	TCPFLOW_EV_ACCEPT = 4,  /* passive open finished (trace only) */
 	TCPFLOW_EV_CONNECT_FAILED = 5, /* SYN_SENT -> CLOSE; error says why */
@@ -47,17 +49,28 @@ enum tcpflow_stat {
 	TCPFLOW_STAT_BYTES_LOST = 3,     /* bytes in dropped records */
 	TCPFLOW_STAT_LATE = 4,           /* late records sent */
 	TCPFLOW_STAT_LIVE = 5,           /* inserts minus deletes: live entries */
-	TCPFLOW_STAT_MAX = 6,
+	TCPFLOW_STAT_STALE = 6,          /* entry whose socket was gone at a poll */
+	TCPFLOW_STAT_MAX = 7,
 };
 
-/* Value of tcpflow_flows, keyed by the socket's kernel address. Counters are
- * monotonic while the entry lives; user space never writes or deletes it. */
+/* Value of tcpflow_flows, keyed by the socket's kernel address. The byte
+ * counts are what the application wrote and read, taken from the socket's own
+ * sequence numbers (tcpflow_poll at every refresh, and at close): nothing runs
+ * per send or recv. They never decrease while the entry lives; user space never
+ * writes or deletes it. */
 struct tcpflow_value {
-	/* what every send/recv touches first, next to the map element's key */
-	__u64 bytes_sent; /* sum of sendmsg() results: what the application wrote */
+	__u64 bytes_sent;
 	__u64 bytes_received;
-	__u64 sends;
-	__u64 recvs;
+	/* where counting began (TCPFLOW_F_COUNTING): the exact low 32 bits come
+	 * from the sequence numbers, the high bits from the kernel's 64-bit totals */
+	__u64 sent_base;     /* bytes_acked + unacked (write_seq - snd_una) */
+	__u64 received_base; /* bytes_received - unread (rcv_nxt - copied_seq) */
+	__u32 write_base;    /* write_seq, less a FIN in it */
+	__u32 copied_base;   /* copied_seq, less a FIN read */
+	/* at close, for what the application still reads after it */
+	__u64 tcp_received_close; /* tcp_sock.bytes_received (tcp_disconnect() zeroes it) */
+	__u32 copied_close;
+	__u32 unread_close; /* data received, not yet read */
 	__u32 tgid;
 	__u32 srtt_us; /* smoothed RTT of the last sample */
 	__u8 dir;
@@ -90,8 +103,6 @@ struct tcpflow_event {
 	__u64 end_ns;
 	__u64 bytes_sent;
 	__u64 bytes_received;
-	__u64 sends;
-	__u64 recvs;
 	__u64 netns;
 	__u64 cgroup_id;
 	__u64 bytes_acked; /* the kernel's own totals from tcp_sock */

@@ -336,40 +336,22 @@ int tcphealth_poll(void *ctx)
 /* Listeners older than the agent: walked once in the listen hash, which every
  * network namespace shares (inet_pernet_hashinfo_alloc() shares lhash2). */
 struct adopt_walk {
-	struct inet_listen_hashbucket *buckets;
-	__u64 node; /* the hlist_nulls_node being visited; 0: take the next bucket */
-	__u32 bucket;
-	__u32 n_buckets;
+	struct nulls_walk walk;
 	__u32 adopted;
 };
 
 static long adopt_step(__u64 i, struct adopt_walk *w)
 {
-	struct inet_listen_hashbucket *bucket;
-	struct hlist_nulls_node *node;
-	const struct sock *sk;
+	bool done = false;
+	const struct sock *sk = nulls_walk_next(&w->walk, &done);
 
-	if (!w->node) {
-		if (w->bucket >= w->n_buckets)
-			return 1;
-		bucket = w->buckets + w->bucket;
-		w->node = (__u64)BPF_CORE_READ(bucket, nulls_head.first);
-		w->bucket++;
-		if (w->node & 1) /* a nulls marker ends the list */
-			w->node = 0;
-		return 0;
-	}
-	node = (struct hlist_nulls_node *)w->node;
-	sk = (const struct sock *)((void *)node -
-				   bpf_core_field_offset(struct sock, __sk_common.skc_nulls_node));
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN &&
+	if (done)
+		return 1;
+	if (sk && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN &&
 	    BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP) {
 		listen_sock_add(sk, BPF_NOEXIST);
 		w->adopted++;
 	}
-	w->node = (__u64)BPF_CORE_READ(node, next);
-	if (w->node & 1)
-		w->node = 0;
 	return 0;
 }
 
@@ -378,14 +360,15 @@ static long adopt_step(__u64 i, struct adopt_walk *w)
 SEC("syscall")
 int tcphealth_adopt(void *ctx)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct inet_hashinfo *h = BPF_CORE_READ(task, nsproxy, net_ns, ipv4.tcp_death_row.hashinfo);
+	struct inet_hashinfo *h = tcp_hashinfo();
 	struct adopt_walk w = {};
 
 	if (!h)
 		return -1;
-	w.buckets = BPF_CORE_READ(h, lhash2);
-	w.n_buckets = BPF_CORE_READ(h, lhash2_mask) + 1;
+	w.walk.buckets = (__u64)BPF_CORE_READ(h, lhash2);
+	w.walk.n_buckets = BPF_CORE_READ(h, lhash2_mask) + 1;
+	w.walk.stride = bpf_core_type_size(struct inet_listen_hashbucket);
+	w.walk.head_off = bpf_core_field_offset(struct inet_listen_hashbucket, nulls_head);
 	bpf_loop(1 << 22, adopt_step, &w, 0);
 	return w.adopted;
 }

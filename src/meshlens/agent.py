@@ -428,8 +428,12 @@ def _tcp_live(keys: np.ndarray, vals: np.ndarray) -> LiveRows:
     sids: list[Hashable] = [
         sk << 64 | start for sk, start in zip(keys.tolist(), starts, strict=True)
     ]
-    cols = ("bytes_sent", "bytes_received", "sends", "recvs")
-    flows = list(zip(*(vals[c].tolist() for c in cols), strict=True))
+    # TCP counts bytes, not calls (no program runs per call): calls stay 0
+    zeros = [0] * len(starts)
+    flows = list(
+        zip(vals["bytes_sent"].tolist(), vals["bytes_received"].tolist(), zeros, zeros,
+            strict=True)
+    )  # fmt: skip
     opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
     closing = (vals["flags"] & int(tcpflow.Flag.CLOSING)).astype(bool).tolist()
     return LiveRows(sids, flows, opened, closing, lambda i: _tcp_sock(vals[i]))
@@ -488,11 +492,10 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
 
     cols = zip(
         ev["type"].tolist(), ev["sk"].tolist(), ev["start_ns"].tolist(),
-        ev["bytes_sent"].tolist(), ev["bytes_received"].tolist(), ev["sends"].tolist(),
-        ev["recvs"].tolist(), ev["flags"].tolist(), ev["resets_sent"].tolist(),
-        ev["error"].tolist(), strict=True,
+        ev["bytes_sent"].tolist(), ev["bytes_received"].tolist(), ev["flags"].tolist(),
+        ev["resets_sent"].tolist(), ev["error"].tolist(), strict=True,
     )  # fmt: skip
-    for i, (typ, sk, start, bs, br, ns, nr, flags, rst, err) in enumerate(cols):
+    for i, (typ, sk, start, bs, br, flags, rst, err) in enumerate(cols):
         kind = _KINDS.get(typ)
         if kind is None:
             continue  # trace-only records
@@ -507,7 +510,7 @@ def _tcp_records(recs: list[bytes]) -> Iterator[Record]:
             sk << 64 | start,  # as _tcp_live
             sk,
             make,
-            (bs, br, ns, nr),
+            (bs, br, 0, 0),  # TCP counts no calls
             # a late record copies the flags too, but the close record already
             # brought the opening
             kind != "late" and bool(flags & 1),  # TCPFLOW_F_OPENED

@@ -259,6 +259,12 @@ def self_families(a: Agent) -> Iterator[Metric]:
     records = CounterMetricFamily(
         "meshlens_ring_records", "Ring buffer records read.", labels=["probe"]
     )
+    stale = CounterMetricFamily(
+        "meshlens_stale_entries",
+        "Entries whose socket was no longer theirs at a poll (freed before the entry "
+        "was made): their last counts went out as a final record.",
+        labels=["probe"],
+    )
     no_peer = CounterMetricFamily(
         "meshlens_udp_unknown_peer_datagrams",
         "Datagrams read by recv()/read() on an unconnected UDP socket, which does not "
@@ -275,6 +281,7 @@ def self_families(a: Agent) -> Iterator[Metric]:
             ["tcpflow", tcpflow.FLOWS_MAP], a.tcp.map(tcpflow.FLOWS_MAP).max_entries
         )
         late.add_metric(["tcpflow"], s[tcpflow.Stat.LATE])
+        stale.add_metric(["tcpflow"], s[tcpflow.Stat.STALE])
     if a.udp:
         u = a.udp.stats()
         lost.add_metric(["udpflow"], u[udpflow.Stat.EVENTS_LOST])
@@ -287,7 +294,7 @@ def self_families(a: Agent) -> Iterator[Metric]:
         no_peer.add_metric([], u[udpflow.Stat.NO_PEER])
     for probe, n in a.self_stats.records.items():
         records.add_metric([probe], n)
-    yield from (lost, lost_bytes, full, entries, capacity, late, records, no_peer)
+    yield from (lost, lost_bytes, full, entries, capacity, late, stale, records, no_peer)
 
     run_time = CounterMetricFamily(
         "meshlens_bpf_program_run_seconds",

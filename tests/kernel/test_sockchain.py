@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from meshlens.probes import sockchain
-from meshlens.probes.tcpflow import TcpFlowProbe
+from meshlens.probes.udpflow import UdpFlowProbe
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -29,56 +29,55 @@ def test_agent_runs_one_program_per_send_recv_tracepoint(make_agent: Any) -> Non
     assert chain is not None
     assert own_links(chain) == set(SOCK_IO)
     assert chain.seated == {
-        sockchain.Slot.TCP: "tcpflow",
         sockchain.Slot.UDP: "udpflow",
-        sockchain.Slot.TCP_APP: "http",  # first on TCP calls, then dns, then tcpflow
+        sockchain.Slot.TCP_APP: "http",  # first on TCP calls, then dns
         sockchain.Slot.TCP_DNS: "dns",
         sockchain.Slot.UDP_DNS: "dns",  # first on UDP calls, then udpflow
     }
     http = next(f.probe for f in agent.features if f.probe.name == "http")
     dns = next(f.probe for f in agent.features if f.probe.name == "dns")
-    for probe in (agent.tcp, agent.udp, http, dns):
+    for probe in (agent.udp, http, dns):
         assert not own_links(probe) & set(SOCK_IO)  # they run behind the chain
         assert any("sockchain[" in t for t in probe.status.attached), probe.status.attached
+    assert agent.tcp and not own_links(agent.tcp) & set(SOCK_IO)  # no program per call
     agent.stop()
     assert sockchain.current() is None
 
 
-def sent_by(probe: TcpFlowProbe, lport: int, rport: int) -> int:
-    _keys, vals = probe.read_flows()
-    sel = (vals["lport"] == lport) & (vals["rport"] == rport)
+def sent_by(probe: UdpFlowProbe, lport: int, rport: int) -> int:
+    keys, vals = probe.read_flows()
+    sel = (keys["lport"] == lport) & (keys["rport"] == rport)
     return int(vals["bytes_sent"][sel].sum())
 
 
 @contextlib.contextmanager
-def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket, tuple[int, int]]]:
-    """A loopback connection: (client, accepted socket, (client port, server port))."""
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket, tuple[int, int]]]:
+    """Two connected loopback UDP sockets: (client, server, (client port, server port))."""
     with (
-        socket.create_server(("127.0.0.1", 0)) as srv,
-        socket.create_connection(srv.getsockname()) as cli,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli,
     ):
-        conn, _ = srv.accept()
-        with conn:
-            yield cli, conn, (cli.getsockname()[1], srv.getsockname()[1])
+        srv.bind(("127.0.0.1", 0))
+        cli.connect(srv.getsockname())
+        srv.connect(cli.getsockname())
+        yield cli, srv, (cli.getsockname()[1], srv.getsockname()[1])
 
 
-def send(cli: socket.socket, conn: socket.socket, size: int) -> None:
-    cli.sendall(b"x" * size)
-    got = 0
-    while got < size:
-        got += len(conn.recv(65536))
+def send(cli: socket.socket, srv: socket.socket, size: int) -> None:
+    cli.send(b"x" * size)
+    assert len(srv.recv(65536)) == size
 
 
 def test_second_probe_of_a_protocol_attaches_its_own_programs() -> None:
-    first, second = TcpFlowProbe(), TcpFlowProbe()
+    first, second = UdpFlowProbe(), UdpFlowProbe()
     first.start()
     try:
         second.start()
         try:
             assert first.seat is not None and second.seat is None
             assert set(SOCK_IO) <= own_links(second)
-            size = 99_991  # prime
-            with tcp_pair() as (cli, conn, ports):
+            size = 9_973  # prime
+            with udp_pair() as (cli, conn, ports):
                 send(cli, conn, size)
                 assert sent_by(first, *ports) == sent_by(second, *ports) == size
                 # detached: nothing counted; attached again: counted again
@@ -102,12 +101,12 @@ def test_probe_works_alone_when_the_chain_cannot_load(monkeypatch: pytest.Monkey
         raise OSError("refused by this kernel")
 
     monkeypatch.setattr(sockchain._shared, "_make", refuse)
-    probe = TcpFlowProbe()
+    probe = UdpFlowProbe()
     probe.start()
     try:
         assert probe.seat is None
         assert set(SOCK_IO) <= own_links(probe)
-        with tcp_pair() as (cli, conn, ports):
+        with udp_pair() as (cli, conn, ports):
             send(cli, conn, 4099)
             assert sent_by(probe, *ports) == 4099
     finally:

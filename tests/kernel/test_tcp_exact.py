@@ -316,11 +316,11 @@ def edge_8080(agent: Agent) -> tuple[int, int, int, int]:
 
 
 def test_late_record_after_close_does_not_count_a_second_open(agent: Agent) -> None:
-    """The kernel's CLOSING path (an adder that races flow_close) reports its bytes
-    in a LATE record built from the flow value, flags included."""
+    """Data read after the close record (tcpflow_destroy) comes in a LATE record
+    built from the flow value, flags included."""
     closing = OPEN | int(tcpflow.Flag.CLOSING)
     close = record(tcpflow.EventType.CLOSE, closing, bytes_sent=1000, bytes_received=2000)
-    late = record(tcpflow.EventType.LATE, closing, bytes_received=7, recvs=1)
+    late = record(tcpflow.EventType.LATE, closing, bytes_received=7)
     agent.tcp_book.update(iter(()), _tcp_records([close]))
     agent.tcp_book.update(iter(()), _tcp_records([late]))
     assert edge_8080(agent) == (1000, 2007, 1, 1)
@@ -335,3 +335,155 @@ def test_record_one_refresh_after_its_entry_vanished_counts_once(agent: Agent) -
     close = record(tcpflow.EventType.CLOSE, OPEN, bytes_sent=1000, bytes_received=2000)
     agent.tcp_book.update(iter(()), _tcp_records([close]))
     assert edge_8080(agent) == (1000, 2000, 1, 1)
+
+
+# -- bytes from the sockets' own sequence numbers (docs/tcpflow.md) -------------------
+
+# One connection h1 -> h2; what each side did and counted comes back as JSON.
+#   sendfile: the client sends UP bytes and half-closes; the server replies with
+#             os.sendfile() from a file of DOWN bytes (no send() call at all).
+#   big:      the client sends UP bytes (past 4 GiB: the sequence numbers wrap) and
+#             half-closes; the server replies DOWN bytes.
+#   linger0:  request and reply, then the client closes with SO_LINGER 0
+#             (tcp_disconnect(), a reset instead of a FIN).
+#   held:     the client connects and waits for a line on stdin before the request
+#             and reply (the agent starts in between).
+_PEER = r"""
+import json, os, socket, struct, sys, tempfile
+role, mode, addr, port, up, down = sys.argv[1:3] + [sys.argv[3]] + [int(a) for a in sys.argv[4:7]]
+CHUNK = memoryview(b"x" * (1 << 20))
+
+def send(s, n):
+    while n:
+        n -= s.send(CHUNK[: min(n, len(CHUNK))])
+
+def recv_exactly(s, n):
+    got, buf = 0, bytearray(1 << 20)
+    while got < n:
+        k = s.recv_into(buf, min(n - got, len(buf)))
+        if not k:
+            break
+        got += k
+    return got
+
+def recv_eof(s):
+    got, buf = 0, bytearray(1 << 20)
+    while k := s.recv_into(buf):
+        got += k
+    return got
+
+if role == "server":
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, port)); l.listen(1)
+    print(json.dumps({"ready": 1}), flush=True)
+    c = l.accept()[0]
+    if mode in ("linger0", "held"):
+        got = recv_exactly(c, up)
+    else:
+        got = recv_eof(c)
+    sent = 0
+    if mode == "sendfile":
+        with tempfile.TemporaryFile() as f:
+            f.write(b"y" * down); f.flush()
+            while sent < down:
+                sent += os.sendfile(c.fileno(), f.fileno(), sent, down - sent)
+    else:
+        send(c, down); sent = down
+    if mode == "linger0":
+        try:
+            recv_eof(c)  # the client's reset
+        except ConnectionResetError:
+            pass
+    c.close()
+    print(json.dumps({"bytes_received": got, "bytes_sent": sent}), flush=True)
+else:
+    c = socket.create_connection((addr, port))
+    print(json.dumps({"port": c.getsockname()[1]}), flush=True)
+    if mode == "held":
+        sys.stdin.readline()
+    send(c, up)
+    if mode in ("linger0", "held"):
+        got = recv_exactly(c, down)
+    else:
+        c.shutdown(socket.SHUT_WR)
+        got = recv_eof(c)
+    if mode == "linger0":
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    print(json.dumps({"bytes_sent": up, "bytes_received": got}), flush=True)
+"""
+
+
+def _peers(
+    lab: Lab, mode: str, port: int, up: int, down: int, stdin: bool = False
+) -> tuple[subprocess.Popen[Any], subprocess.Popen[Any]]:
+    client, server = lab.hosts
+    args = (mode, server.addr, str(port), str(up), str(down))
+    srv = server.popen(*server.python("-c", _PEER, "server", *args), stdout=subprocess.PIPE)
+    read_json_line(srv)
+    cl = client.popen(
+        *client.python("-c", _PEER, "client", *args),
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+    )
+    read_json_line(cl)  # connected
+    return cl, srv
+
+
+def _done(
+    cl: subprocess.Popen[Any], srv: subprocess.Popen[Any], timeout: float = 60
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    cli, got = read_json_line(cl, timeout=timeout), read_json_line(srv, timeout=timeout)
+    cl.wait(timeout=10)
+    srv.wait(timeout=10)
+    return cli, got
+
+
+def test_tcp_sendfile_bytes_exact(agent: Agent, lab: Lab) -> None:
+    """A reply sent by sendfile() (no send() call) is counted: write_seq moves."""
+    client, server = lab.hosts
+    cl, srv = _peers(lab, "sendfile", 9301, UP, DOWN)
+    cli, got = _done(cl, srv)
+    assert cli["bytes_received"] == got["bytes_sent"] == DOWN
+    settled(agent, client.name, server.name, expect(cli, got, 1, 1))
+
+
+def test_tcp_linger_zero_close_exact(agent: Agent, lab: Lab) -> None:
+    """SO_LINGER 0: close() resets the socket through tcp_disconnect(), which
+    rewrites its sequence numbers after the close record is out."""
+    client, server = lab.hosts
+    cl, srv = _peers(lab, "linger0", 9302, UP, DOWN)
+    cli, got = _done(cl, srv)
+    settled(agent, client.name, server.name, expect(cli, got, 1, 1))
+
+
+def test_tcp_more_than_4_gib_on_one_connection(agent: Agent, lab: Lab) -> None:
+    """The 32-bit sequence numbers wrap; the counts do not, while open (refreshed
+    all along) and at close."""
+    client, server = lab.hosts
+    up = (1 << 32) + 104729
+    cl, srv = _peers(lab, "big", 9303, up, DOWN)
+    seen: list[int] = []
+    while cl.poll() is None and len(seen) < 2000:
+        edges = edges_for(agent, client.name, server.name, "tcp")
+        if "source" in edges:
+            seen.append(edges["source"][1].request_bytes)
+        time.sleep(0.05)
+    cli, got = _done(cl, srv, timeout=120)
+    assert got["bytes_received"] == up
+    assert seen == sorted(seen) and seen[-1] <= up  # monotonic, never over
+    settled(agent, client.name, server.name, expect(cli, got, 1, 1))
+
+
+def test_tcp_connection_older_than_the_agent(make_agent: Any, lab: Lab) -> None:
+    """Connected before the agent starts: found in the established hash and
+    counted from then on (not as opened: it opened before the agent watched)."""
+    client, server = lab.hosts
+    cl, srv = _peers(lab, "held", 9304, UP, DOWN, stdin=True)
+    agent = make_agent()
+    assert agent.tcp and agent.tcp.adopted >= 2  # both ends, at least
+    assert cl.stdin
+    cl.stdin.write(b"go\n")
+    cl.stdin.flush()
+    cli, got = _done(cl, srv)
+    settled(agent, client.name, server.name, expect(cli, got, 0, 1))

@@ -103,6 +103,19 @@ class Probe:
                 self.obj.links.append(prog.attach())
         self.chain_targets = self.seat.fill(self) if self.seat else []
 
+    def adopt(self, program: str, what: str) -> int:
+        """Run a "syscall" program that finds, in a kernel socket hash, the `what`
+        older than the probe; call it after attach, so none falls in between. A
+        kernel whose hash it cannot reach degrades the probe (what is new is
+        still seen) and its status says what is missing."""
+        assert self.obj
+        found = self.obj.programs[program].run()
+        if found < 0:
+            self.status.error = f"degraded: {what} older than the agent not found"
+            log.warning("%s: no socket hash found; %s older than the agent are missed",
+                        self.name, what)  # fmt: skip
+        return found
+
     def _take_seat(self) -> set[str]:
         """Names of the programs that run behind the socket chain (none when the
         probe has no slot there, or another probe of this process holds it)."""

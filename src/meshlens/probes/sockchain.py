@@ -1,8 +1,8 @@
 """The socket send/recv chain (bpf/sockchain.bpf.c, docs/sockchain.md).
 
 One raw_tp program per tracepoint (sock_send_length, sock_recv_length) for the
-whole process; it reads the socket's protocol and tail-calls the probe that
-accounts it (tcpflow, udpflow), so a send() or recv() pays for one program
+whole process; it reads the socket's protocol and tail-calls the probes that
+look at that protocol's calls (http, dns, udpflow), so a send() or recv() pays for one program
 instead of one per probe. A probe takes its protocol's seat after load; if
 another probe of this process holds it, it attaches its own programs instead
 (they return early for other protocols, so both count correctly).
@@ -23,11 +23,10 @@ TRACEPOINTS = {"raw_tp/sock_send_length": "send", "raw_tp/sock_recv_length": "re
 class Slot(enum.IntEnum):
     """enum sockchain_slot in bpf/sockchain.h."""
 
-    TCP = 0
-    UDP = 1
-    TCP_APP = 2  # runs first on a TCP socket's calls, then jumps to TCP_DNS, TCP
-    TCP_DNS = 3  # then TCP
-    UDP_DNS = 4  # runs first on a UDP socket's calls, then jumps to UDP
+    UDP = 0
+    TCP_APP = 1  # runs first on a TCP socket's calls, then jumps to TCP_DNS
+    TCP_DNS = 2
+    UDP_DNS = 3  # runs first on a UDP socket's calls, then jumps to UDP
 
 
 def array_name(direction: str) -> str:

@@ -1,6 +1,7 @@
-"""TCP flow accounting (bpf/tcpflow.bpf.c): per-socket bytes and calls from the
-sock_send_length/sock_recv_length raw tracepoints, lifecycle from
-inet_sock_set_state, final records through a ring buffer. See docs/tcpflow.md."""
+"""TCP flow accounting (bpf/tcpflow.bpf.c): per-socket bytes read from each
+socket's own sequence numbers at every refresh and at close (no program per send
+or recv), lifecycle from inet_sock_set_state, final records through a ring
+buffer. See docs/tcpflow.md."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import numpy as np
 from .._libbpf import BPF_NOEXIST
 from ..layout import Layout, layout
 from .base import Probe
-from .sockchain import Slot
 
 FLOWS_MAP = "tcpflow_flows"
 LISTENERS_MAP = "tcpflow_listeners"
 EVENTS_MAP = "tcpflow_events"
 STATS_MAP = "tcpflow_stats"
+POLL_PROG = "tcpflow_poll"
+ADOPT_PROG = "tcpflow_adopt"
 
 
 RTT_SLOTS = 24  # TCPFLOW_RTT_SLOTS: slot i = smoothed RTT in [2^i, 2^(i+1)) us
@@ -27,7 +29,7 @@ RETRANS_NAMES = ("timeout", "fast", "syn", "other")  # enum tcpflow_retrans orde
 
 
 # Per-socket network health; the rest of tcpflow is bytes and lifecycle. The RTT
-# histogram has no program of its own (sampled in send/recv and at close): the
+# histogram has no program of its own (sampled by the poll and at close): the
 # `rtt_samples` global turns it off with these.
 HEALTH_PROGRAMS = (
     "tcpflow_retransmit",
@@ -45,6 +47,8 @@ class Dir(enum.IntEnum):
 class Flag(enum.IntFlag):
     OPENED = 1
     CLOSING = 2
+    COUNTING = 4
+    FIN_SENT = 8
 
 
 class EventType(enum.IntEnum):
@@ -62,14 +66,20 @@ class Stat(enum.IntEnum):
     BYTES_LOST = 3
     LATE = 4
     LIVE = 5
+    STALE = 6
 
 
 VALUE = layout(
     "tcpflow_value",
     ("bytes_sent", "u64"),
     ("bytes_received", "u64"),
-    ("sends", "u64"),
-    ("recvs", "u64"),
+    ("sent_base", "u64"),
+    ("received_base", "u64"),
+    ("write_base", "u32"),
+    ("copied_base", "u32"),
+    ("tcp_received_close", "u64"),
+    ("copied_close", "u32"),
+    ("unread_close", "u32"),
     ("tgid", "u32"),
     ("srtt_us", "u32"),
     ("dir", "u8"),
@@ -101,8 +111,6 @@ EVENT = layout(
     ("end_ns", "u64"),
     ("bytes_sent", "u64"),
     ("bytes_received", "u64"),
-    ("sends", "u64"),
-    ("recvs", "u64"),
     ("netns", "u64"),
     ("cgroup_id", "u64"),
     ("bytes_acked", "u64"),
@@ -156,7 +164,6 @@ class Listener:
 
 class TcpFlowProbe(Probe):
     name = "tcpflow"
-    sockchain_slot = Slot.TCP
     layouts: tuple[Layout, ...] = (VALUE, EVENT, LISTEN_KEY, OWNER)
 
     def __init__(
@@ -175,6 +182,7 @@ class TcpFlowProbe(Probe):
         self.ringbuf_bytes = ringbuf_bytes
         self.trace_opens = trace_opens
         self.wake_each = wake_each or trace_opens
+        self.adopted = 0  # connections older than the probe, found at attach
 
     def configure(self) -> None:
         assert self.obj
@@ -217,8 +225,19 @@ class TcpFlowProbe(Probe):
                 pass  # already known, or the map is full (counted by the kernel)
         return added
 
+    def attach(self) -> None:
+        super().attach()
+        self.adopted = self.adopt(ADOPT_PROG, "connections")
+
+    def poll(self) -> None:
+        """Bring every live entry's byte counts up to its socket's."""
+        assert self.obj
+        self.obj.programs[POLL_PROG].run()
+
     def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
-        """All live flows as (socket keys, values) arrays, in one batch read."""
+        """All live flows as (socket keys, values) arrays, in one batch read,
+        their counts brought up to date first."""
+        self.poll()
         keys, vals, n = self.map(FLOWS_MAP).lookup_batch()
         return (np.frombuffer(keys, KEY_DTYPE, n), VALUE.decode_many(vals, n))
 

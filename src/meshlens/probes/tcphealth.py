@@ -5,14 +5,11 @@ See docs/tcphealth.md."""
 from __future__ import annotations
 
 import enum
-import logging
 
 import numpy as np
 
 from ..layout import Layout, layout
 from .base import Probe
-
-log = logging.getLogger(__name__)
 
 EVENTS_MAP = "tcphealth_events"
 LISTENERS_MAP = "tcphealth_listeners"
@@ -85,14 +82,7 @@ class TcpHealthProbe(Probe):
 
     def attach(self) -> None:
         super().attach()
-        assert self.obj
-        # after the tracepoint is attached, so no listener falls in between
-        self.adopted = self.obj.programs[ADOPT_PROG].run()
-        if self.adopted < 0:
-            # new listeners are still seen at listen(): run on, and say what is missing
-            self.status.error = "degraded: listeners older than the agent not found"
-            log.warning("tcphealth: no listen hash found; listeners older than the agent "
-                        "are not watched")  # fmt: skip
+        self.adopted = self.adopt(ADOPT_PROG, "listeners")
 
     def read_listeners(self) -> tuple[np.ndarray, np.ndarray]:
         """Per (netns, port); the listeners' drops are read from the kernel first."""
