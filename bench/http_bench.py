@@ -127,6 +127,7 @@ OTHER: list[str] = []  # --other: a second checkout, built, for A/B of two commi
 
 
 def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
+    mode = mode.removesuffix("!stop")
     if mode == "none":
         return None
     src = Path(__file__).resolve().parent.parent / "src"
@@ -490,6 +491,13 @@ def main() -> int:
         help="GET the agent's /metrics every N s during a run, as Prometheus would (0: never)",
     )  # fmt: skip
     p.add_argument(
+        "--settle",
+        type=float,
+        default=2.5,
+        metavar="S",
+        help="seconds between an agent's start (and a 1 s warm-up) and its measured run",
+    )
+    p.add_argument(
         "--scoped-pairs", type=int, default=0, metavar="N",
         help="instead: N pairs of runs with and without --control attached, loaded once "
         "(no agent process, no start-up between the runs)",
@@ -536,8 +544,17 @@ def main() -> int:
                     # hosts (its first refreshes read every netns's addresses, once)
                     # before the measured run
                     cli.run("wrk", "-t1", "-c4", "-d1s", url, timeout=60)
-                    time.sleep(2.5 if agent else 1)
-                    res = one_run(cli, url, args, agent)
+                    time.sleep(args.settle if agent else 1)
+                    # full!stop: the agent process stopped (SIGSTOP) during the run,
+                    # its programs and kernel timers running: the kernel's part alone
+                    stopped = agent is not None and mode.endswith("!stop")
+                    if stopped:
+                        agent.send_signal(signal.SIGSTOP)
+                    try:
+                        res = one_run(cli, url, args, None if stopped else agent)
+                    finally:
+                        if stopped:
+                            agent.send_signal(signal.SIGCONT)
                 finally:
                     stop_agent(agent)
                 runs[mode].append(res)

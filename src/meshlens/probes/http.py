@@ -191,7 +191,7 @@ class HttpProbe(Probe):
         self.samples_per_second = samples_per_second
         self.ringbuf_bytes = ringbuf_bytes
 
-    # first on a TCP socket's calls, then tcpflow (bpf/sockchain.h)
+    # first on a TCP socket's calls, then dns (bpf/sockchain.h)
     sockchain_slot = Slot.TCP_APP
 
     def configure(self) -> None:
