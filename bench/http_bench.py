@@ -148,11 +148,14 @@ def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
         with socket.socket() as sk:  # a free port for its /metrics
             sk.bind(("127.0.0.1", 0))
             port = sk.getsockname()[1]
+        mode, _, flows = mode.partition("~")  # full~1024: --max-flows 1024
         mode, _, interval = mode.partition("@")  # full@1: refresh every second
         argv = [sys.executable, "-m", "meshlens.cli", "run", "--quiet",
                 "--listen", f"127.0.0.1:{port}"]  # fmt: skip
         if interval:
             argv += ["--interval", interval]
+        if flows:
+            argv += ["--max-flows", flows]
         if mode == "core":  # the agent without its features
             argv += ["--features", "none"]
         elif mode.startswith("run:"):  # run:http+tcphealth = --features http,tcphealth
