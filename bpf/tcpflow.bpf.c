@@ -567,6 +567,9 @@ static __always_inline void flow_adopt(const struct sock *sk, __u8 state, struct
 	v = flow_create(sk, TCPFLOW_DIR_UNKNOWN, false);
 	if (!v || (v->flags & TCPFLOW_F_COUNTING))
 		return;
+	/* A FIN already queued is not data. (A socket caught between its state
+	 * change and tcp_send_fin() is read as if the FIN were queued: it then
+	 * counts one byte too many. The window is a few instructions long.) */
 	if ((1 << state) & TCPF_FIN_SENT)
 		v->flags |= TCPFLOW_F_FIN_SENT;
 	/* not OPENED: it opened before we watched, as a socket first seen at
