@@ -215,6 +215,11 @@ static __always_inline void rtt_sample(const struct sock *sk, struct tcpflow_val
  * ordered so that a half-done update makes a count one short, never one over
  * (the next poll has it right; counts are kept at their maximum). */
 
+static __always_inline bool sock_flag_set(const struct sock *sk, __u64 bit)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_flags) & (1ULL << bit);
+}
+
 struct seq_now {
 	__u64 sent_approx;     /* bytes_acked + unacked */
 	__u64 received_approx; /* bytes_received - unread */
@@ -229,7 +234,8 @@ static __always_inline void seq_read(const struct sock *sk, bool fin_sent, struc
 {
 	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
 	__u32 write_seq, snd_una, copied, rcv_nxt, fin_read;
-	__u64 acked, flags;
+	bool done;
+	__u64 acked;
 
 	/* fin_sent was read before write_seq: tcpflow_state sets it before the
 	 * FIN enters write_seq */
@@ -240,7 +246,7 @@ static __always_inline void seq_read(const struct sock *sk, bool fin_sent, struc
 	 * tcp_fin() before the FIN can be read) and rcv_nxt, read after it,
 	 * show the FIN too */
 	copied = BPF_CORE_READ(tp, copied_seq);
-	flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	done = sock_flag_set(sk, bpf_core_enum_value(enum sock_flags, SOCK_DONE));
 	rcv_nxt = BPF_CORE_READ(tp, rcv_nxt);
 	n->tcp_received = BPF_CORE_READ(tp, bytes_received);
 	n->sent_approx = acked + (__u32)(write_seq - snd_una);
@@ -249,7 +255,7 @@ static __always_inline void seq_read(const struct sock *sk, bool fin_sent, struc
 	n->copied_raw = copied;
 	n->unread = rcv_nxt - copied;
 	fin_read = 0;
-	if (flags & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) {
+	if (done) {
 		/* the peer's FIN is the last sequence number rcv_nxt covers */
 		if (copied == rcv_nxt)
 			fin_read = 1;
@@ -367,11 +373,17 @@ static __always_inline void flow_delete(__u64 key)
 		stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
 }
 
-/* The final record, with the counts as of now. */
-static __always_inline void emit_close(const struct sock *sk, const struct tcpflow_value *v,
+/* The final record, with the entry's counts as of now. From here on the poll
+ * leaves the entry alone and user space counts the record, not the entry; the
+ * record goes out before any delete, so a reader that no longer finds the
+ * entry is sure to find its record. */
+static __always_inline void emit_close(const struct sock *sk, struct tcpflow_value *v,
 				       int oldstate)
 {
-	struct tcpflow_event *e = bpf_ringbuf_reserve(&tcpflow_events, sizeof(*e), 0);
+	struct tcpflow_event *e;
+
+	v->flags |= TCPFLOW_F_CLOSING;
+	e = bpf_ringbuf_reserve(&tcpflow_events, sizeof(*e), 0);
 
 	if (!e) {
 		stat_add(&tcpflow_stats, TCPFLOW_STAT_EVENTS_LOST, 1);
@@ -406,13 +418,9 @@ static __always_inline void flow_close(const struct sock *sk, int oldstate)
 		return;
 	rtt_sample(sk, v); /* a move after the last poll; copied below */
 	counting = counts_update(sk, v, &n);
-	/* from here on the poll leaves the entry alone and user space counts
-	 * the record, not the entry; submitted before any delete, so a reader
-	 * that no longer finds the entry is sure to find its record */
-	v->flags |= TCPFLOW_F_CLOSING;
 	emit_close(sk, v, oldstate);
 	if (!counting || !n.unread ||
-	    (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DEAD)))) {
+	    sock_flag_set(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD))) {
 		flow_delete(key);
 		return;
 	}
@@ -485,7 +493,6 @@ int BPF_PROG(tcpflow_destroy, struct sock *sk)
 		struct seq_now n;
 
 		counts_update(sk, v, &n);
-		v->flags |= TCPFLOW_F_CLOSING;
 		emit_close(sk, v, TCP_CLOSE);
 	} else if (BPF_CORE_READ(tp, bytes_received) == v->tcp_received_close) {
 		/* (tcp_disconnect(), i.e. connect(AF_UNSPEC), moved copied_seq over
@@ -523,10 +530,8 @@ static long poll_one(struct bpf_map *map, __u64 *key, struct tcpflow_value *v, v
 		return 0; /* counted by its record */
 	if (!flow_valid(sk, v)) {
 		/* its last counts go out as its final record */
-		v->flags |= TCPFLOW_F_CLOSING;
 		emit_close(sk, v, 0);
-		bpf_map_delete_elem(map, key);
-		stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, -1);
+		flow_delete(*key);
 		stat_add(&tcpflow_stats, TCPFLOW_STAT_STALE, 1);
 		return 0;
 	}
