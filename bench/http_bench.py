@@ -148,6 +148,7 @@ def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
         with socket.socket() as sk:  # a free port for its /metrics
             sk.bind(("127.0.0.1", 0))
             port = sk.getsockname()[1]
+        mode, _, priority = mode.partition("^")  # full^normal: --priority normal
         mode, _, flows = mode.partition("~")  # full~1024: --max-flows 1024
         mode, _, interval = mode.partition("@")  # full@1: refresh every second
         argv = [sys.executable, "-m", "meshlens.cli", "run", "--quiet",
@@ -156,6 +157,8 @@ def _start_agent(mode: str) -> subprocess.Popen[bytes] | None:
             argv += ["--interval", interval]
         if flows:
             argv += ["--max-flows", flows]
+        if priority:
+            argv += ["--priority", priority]
         if mode == "core":  # the agent without its features
             argv += ["--features", "none"]
         elif mode.startswith("run:"):  # run:http+tcphealth = --features http,tcphealth

@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-tcp-health", action="store_true", help="no per-connection health (RTT, retransmits)"
     )
+    run.add_argument(
+        "--priority",
+        choices=("idle", "normal"),
+        default="idle",
+        help="CPU priority of the periodic refresh and of /metrics: 'idle' (SCHED_IDLE, the "
+        "default) runs them only on CPU time no workload wants, so they never delay a "
+        "request; the ring buffers are drained at normal priority either way",
+    )
     from .features import features
 
     for feat in features():
@@ -198,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
     from .agent import Agent, AgentConfig
     from .exporter import AgentCollector
     from .summary import summary_lines
+    from .system import run_when_idle
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -229,8 +238,11 @@ def _run(args: argparse.Namespace) -> int:
             print("meshlens: no probe could be loaded", file=sys.stderr)
             return 1
         host, port = args.listen
+        idle = args.priority == "idle"
         try:
-            server = exposition.serve(host, port, AgentCollector(agent).collect)
+            server = exposition.serve(
+                host, port, AgentCollector(agent).collect, run_when_idle if idle else None
+            )
         except OSError as exc:
             print(f"meshlens: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             return 1
@@ -241,6 +253,10 @@ def _run(args: argparse.Namespace) -> int:
             f"(probes: {names}; attached in {agent.startup_seconds:.2f} s). Ctrl-C stops.",
             flush=True,
         )
+        # After the agent's threads started: they drain the rings at normal
+        # priority; this thread's refreshes wait for idle CPU.
+        if idle and not run_when_idle():
+            print("meshlens: SCHED_IDLE refused; refreshing at normal priority", file=sys.stderr)
         last = None
         while not stop.wait(args.interval):
             agent.refresh()

@@ -79,8 +79,15 @@ class Renderer:
         return "".join(out).encode()
 
 
-def serve(host: str, port: int, collect: Callable[[], Iterable[Metric]]) -> ThreadingHTTPServer:
-    """Serve GET /metrics on a daemon thread; raises OSError if the port is taken."""
+def serve(
+    host: str,
+    port: int,
+    collect: Callable[[], Iterable[Metric]],
+    thread_init: Callable[[], object] | None = None,
+) -> ThreadingHTTPServer:
+    """Serve GET /metrics on a daemon thread; raises OSError if the port is taken.
+    thread_init runs first on that thread (the threads of each request inherit
+    what it sets, such as a scheduling policy)."""
     renderer = Renderer()
 
     class Handler(BaseHTTPRequestHandler):
@@ -111,5 +118,11 @@ def serve(host: str, port: int, collect: Callable[[], Iterable[Metric]]) -> Thre
         server_cls = V6Server
     server = server_cls((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+
+    def loop() -> None:
+        if thread_init is not None:
+            thread_init()
+        server.serve_forever()
+
+    threading.Thread(target=loop, name="metrics-http", daemon=True).start()
     return server

@@ -64,3 +64,14 @@ def ensure_mounted() -> list[str]:
         if r.returncode == 0:
             done.append(point)
     return done
+
+
+def run_when_idle() -> bool:
+    """Put the calling thread (and the threads it starts) under SCHED_IDLE: it
+    runs only on CPU time no other task wants, and any task that wakes
+    preempts it at once. False where the kernel refuses."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -34,6 +34,15 @@ SERVING = re.compile(
 MIN_PROGRAMS = 5
 
 
+def thread_policies(pid: int) -> dict[int, int]:
+    """Scheduling policy of each thread of pid (field 41 of its stat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            out[int(tid)] = int(f.read().rsplit(")", 1)[1].split()[38])
+    return out
+
+
 def get(url: str) -> str:
     assert url.startswith("http://127.0.0.1:")
     with urllib.request.urlopen(url, timeout=10) as resp:
@@ -41,11 +50,16 @@ def get(url: str) -> str:
         return str(resp.read().decode())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_run_serves_and_detaches_on_signal(sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "priority"),
+    [(signal.SIGTERM, "idle"), (signal.SIGINT, "normal")],
+    ids=["SIGTERM", "SIGINT-normal-priority"],
+)
+def test_run_serves_and_detaches_on_signal(sig: signal.Signals, priority: str) -> None:
     port = free_port()
+    argv = [*MESHLENS, "run", "--listen", f"127.0.0.1:{port}", "--quiet", "--bpf-stats"]
     proc = subprocess.Popen(
-        [*MESHLENS, "run", "--listen", f"127.0.0.1:{port}", "--quiet", "--bpf-stats"],
+        [*argv, "--priority", priority],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -71,6 +85,13 @@ def test_run_serves_and_detaches_on_signal(sig: signal.Signals) -> None:
         assert "meshlens_bpf_program_runs_total" in body
         assert 'meshlens_probe_up{probe="tcpflow"} 1.0' in body
         assert 'meshlens_probe_up{probe="udpflow"} 1.0' in body
+        # --priority idle (the default): the main thread's refreshes and the /metrics
+        # thread are SCHED_IDLE; the threads that drain the ring buffers are not
+        policies = thread_policies(proc.pid)
+        idle = 2 if priority == "idle" else 0
+        assert (policies[proc.pid] == os.SCHED_IDLE) == bool(idle), policies
+        assert list(policies.values()).count(os.SCHED_IDLE) == idle, policies
+        assert os.SCHED_OTHER in policies.values(), policies
 
         t0 = time.monotonic()
         proc.send_signal(sig)
