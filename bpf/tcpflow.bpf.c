@@ -5,8 +5,8 @@
  * and copied_seq advance by exactly what sendmsg/sendfile queued and recvmsg
  * copied out (plus one for each FIN). Each socket's entry holds those numbers
  * as they were when counting began; tcpflow_poll (a syscall program user space
- * runs before every read of the map) and the close turn the socket's numbers
- * now into byte counts. The lifecycle comes from inet_sock_set_state: entries
+ * runs on the entries it read from the map) and the close turn the socket's
+ * numbers now into byte counts. The lifecycle comes from inet_sock_set_state: entries
  * are created at connect()/establishment, or found in the established hash
  * when the agent starts (tcpflow_adopt), and closed at TCP_CLOSE, when the
  * final record goes to the ring buffer. Data the application reads after that
@@ -521,30 +521,75 @@ static __always_inline bool flow_valid(const struct sock *sk, const struct tcpfl
 	       BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
 }
 
-static long poll_one(struct bpf_map *map, __u64 *key, struct tcpflow_value *v, void *ctx)
+/* tcpflow_poll's output (see struct tcpflow_poll_args) and its input copied
+ * where a loop may index it. One refresh runs at a time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TCPFLOW_POLL_BATCH);
+	__type(key, __u32);
+	__type(value, struct tcpflow_value);
+} tcpflow_polled SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tcpflow_poll_args);
+} tcpflow_poll_in SEC(".maps");
+
+/* The entry of one socket brought up to date into *out; false if it is gone. */
+static __always_inline bool poll_one(__u64 key, struct tcpflow_value *out)
 {
-	const struct sock *sk = (const struct sock *)*key;
+	const struct sock *sk = (const struct sock *)key;
+	struct tcpflow_value *v = bpf_map_lookup_elem(&tcpflow_flows, &key);
 	struct seq_now n;
 
-	if (v->flags & TCPFLOW_F_CLOSING)
-		return 0; /* counted by its record */
-	if (!flow_valid(sk, v)) {
-		/* its last counts go out as its final record */
-		emit_close(sk, v, 0);
-		flow_delete(*key);
-		stat_add(&tcpflow_stats, TCPFLOW_STAT_STALE, 1);
-		return 0;
+	if (!v)
+		return false; /* closed and deleted since user space read it */
+	if (!(v->flags & TCPFLOW_F_CLOSING)) { /* else counted by its record */
+		if (!flow_valid(sk, v)) {
+			/* its last counts go out as its final record */
+			emit_close(sk, v, 0);
+			flow_delete(key);
+			stat_add(&tcpflow_stats, TCPFLOW_STAT_STALE, 1);
+			return false;
+		}
+		rtt_sample(sk, v);
+		counts_update(sk, v, &n);
 	}
-	rtt_sample(sk, v);
-	counts_update(sk, v, &n);
+	__builtin_memcpy(out, v, sizeof(*out));
+	return true;
+}
+
+static long poll_step(__u64 i, void *unused)
+{
+	__u32 zero = 0, slot = i;
+	struct tcpflow_poll_args *in = bpf_map_lookup_elem(&tcpflow_poll_in, &zero);
+	struct tcpflow_value *out = bpf_map_lookup_elem(&tcpflow_polled, &slot);
+
+	if (!in || !out || slot >= TCPFLOW_POLL_BATCH)
+		return 1;
+	if (!poll_one(in->sk[slot], out))
+		__builtin_memset(out, 0, sizeof(*out));
 	return 0;
 }
 
-/* Run by user space (BPF_PROG_RUN) before it reads tcpflow_flows. */
+/* Run by user space (BPF_PROG_RUN) on a batch of the keys it read from
+ * tcpflow_flows: their counts now go to tcpflow_polled. The map is read in
+ * batches, and so polled, so that no single run walks all its buckets
+ * (65,536 by default) with the CPU held. */
 SEC("syscall")
-int tcpflow_poll(void *ctx)
+int tcpflow_poll(struct tcpflow_poll_args *args)
 {
-	bpf_for_each_map_elem(&tcpflow_flows, poll_one, NULL, 0);
+	__u32 zero = 0, n = args->n;
+	struct tcpflow_poll_args *in = bpf_map_lookup_elem(&tcpflow_poll_in, &zero);
+
+	if (!in || n > TCPFLOW_POLL_BATCH)
+		return -1;
+	/* the context cannot be indexed by a variable: copy it into a map value */
+	if (bpf_probe_read_kernel(in, sizeof(*in), args))
+		return -1;
+	bpf_loop(n, poll_step, NULL, 0);
 	return 0;
 }
 

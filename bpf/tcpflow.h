@@ -96,6 +96,18 @@ struct tcpflow_value {
 	__u32 rtt_hist[TCPFLOW_RTT_SLOTS];
 };
 
+/* tcpflow_poll's input, its context (BPF_PROG_RUN): the sockets to bring up to
+ * date, as user space found them in tcpflow_flows. Its output is
+ * tcpflow_polled[i], the entry of sk[i] now, all zero (start_ns 0) if the
+ * socket's entry is gone. A batch at a time, so no run walks the whole map. */
+#define TCPFLOW_POLL_BATCH 256
+
+struct tcpflow_poll_args {
+	__u32 n;
+	__u32 __pad;
+	__u64 sk[TCPFLOW_POLL_BATCH];
+};
+
 /* Ring buffer record: close, late bytes, or (trace mode) an open. */
 struct tcpflow_event {
 	__u64 sk;

@@ -4,6 +4,7 @@ agent's per-edge totals, for both reporters, in the table and in the exposition.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from typing import Any
@@ -154,8 +155,11 @@ def hold_open(
     return proc, port, cproc
 
 
-def test_tcp_long_lived_connections_exact_while_open(agent: Agent, lab: Lab) -> None:
-    n, up, down, hold = 23, 1009, 30011, 6.0  # room for a loaded machine
+# 23 connections are 46 sockets, one poll batch; 149 are 298, two batches
+@pytest.mark.parametrize("n", [23, 149])
+def test_tcp_long_lived_connections_exact_while_open(agent: Agent, lab: Lab, n: int) -> None:
+    assert (2 * n > tcpflow.POLL_BATCH) == (n == 149)
+    up, down, hold = 1009, 30011, 6.0  # room for a loaded machine
     client, server = lab.hosts
     proc, port, cproc = hold_open(client, server, server.addr, n, up, down, hold)
     open_want = {"request_bytes": n * up, "response_bytes": n * down, "opened": n, "closed": 0}
@@ -186,6 +190,37 @@ def test_tcp_long_lived_connections_exact_while_open(agent: Agent, lab: Lab) -> 
     settled(agent, client.name, server.name, want)
     assert_exposition(agent, client.name, server.name, want)
     assert live_entries(agent, lab) == 0
+
+
+def test_poll_brings_listed_entries_up_to_date_and_zeroes_gone_ones(agent: Agent) -> None:
+    """tcpflow_poll's contract: for each key user space passes, the entry now (its
+    counts up to the socket's), or all zero for a key whose entry is gone."""
+    probe = agent.tcp
+    assert probe is not None and probe.obj is not None
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        cl = socket.create_connection(srv.getsockname())
+        peer, _ = srv.accept()
+        with cl, peer:
+            cl.sendall(b"x" * 1237)
+            assert len(peer.recv(1237, socket.MSG_WAITALL)) == 1237
+            port = cl.getsockname()[1]
+            keys, vals = probe.read_flows()  # the same poll, run by read_flows
+            mine = keys[(vals["lport"] == port) & (vals["family"] == socket.AF_INET)]
+            assert len(mine) == 1, vals[["lport", "rport"]]
+            cl.sendall(b"y" * 100)  # after that read: the next poll sees it
+            gone = 0x7FFF_0000_DEAD_0000  # no socket lives there
+            args = np.zeros(1, tcpflow.POLL_ARGS.dtype)
+            args["n"], args["sk"][0, :2] = 2, [gone, int(mine[0])]
+            assert probe.obj.programs[tcpflow.POLL_PROG].run(args.tobytes()) == 0
+            _, out, m = probe.map(tcpflow.POLLED_MAP).lookup_batch(chunk=tcpflow.POLL_BATCH)
+            assert m == tcpflow.POLL_BATCH
+            polled = tcpflow.VALUE.decode_many(out, m)
+            assert bytes(polled[0].tobytes()) == bytes(tcpflow.VALUE.size)
+            assert int(polled[1]["lport"]) == port
+            assert int(polled[1]["bytes_sent"]) == 1337
+            # a poll past the batch, or of a batch too big, is refused
+            args["n"] = tcpflow.POLL_BATCH + 1
+            assert probe.obj.programs[tcpflow.POLL_PROG].run(args.tobytes()) == -1
 
 
 def ipv6_exchange(lab6: Lab, n: int) -> tuple[int, dict[str, int]]:

@@ -307,3 +307,27 @@ def test_udp_ipv4_peer_of_a_dual_stack_socket_counted_as_ipv4(agent: Agent) -> N
             if int(k["lport"]) == cport and int(k["rport"]) == sport
         ]  # fmt: skip
         assert mine == [(socket.AF_INET, "127.0.0.1", 3 * 41, 3 * 3)]
+
+
+def test_an_empty_flow_map_is_not_walked(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch read of an empty map walks all its buckets in one call: the live
+    count (inserts minus deletes) says when there is nothing to read."""
+    probe = agent.udp
+    assert probe is not None
+    flows = probe.map(udpflow.FLOWS_MAP)
+    reads: list[int] = []
+    real_read, real_stats = flows.lookup_batch, probe.stats
+
+    def read() -> tuple[bytearray, bytearray, int]:
+        reads.append(1)
+        return real_read()
+
+    monkeypatch.setattr(flows, "lookup_batch", read)
+    for live in (0, 1):
+        stats = {**real_stats(), udpflow.Stat.LIVE: live}
+        monkeypatch.setattr(probe, "stats", lambda stats=stats: stats)
+        keys, vals = probe.read_flows()
+        assert len(reads) == live
+        assert len(keys) == len(vals)
+        if not live:
+            assert len(keys) == 0

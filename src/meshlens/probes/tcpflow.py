@@ -16,6 +16,7 @@ from ..layout import Layout, layout
 from .base import Probe
 
 FLOWS_MAP = "tcpflow_flows"
+POLLED_MAP = "tcpflow_polled"
 LISTENERS_MAP = "tcpflow_listeners"
 EVENTS_MAP = "tcpflow_events"
 STATS_MAP = "tcpflow_stats"
@@ -104,6 +105,11 @@ VALUE = layout(
     ("rtt_hist", f"u32[{RTT_SLOTS}]"),
 )
 
+POLL_BATCH = 256  # TCPFLOW_POLL_BATCH
+POLL_ARGS = layout(
+    "tcpflow_poll_args", ("n", "u32"), ("__pad", "u32"), ("sk", f"u64[{POLL_BATCH}]")
+)
+
 EVENT = layout(
     "tcpflow_event",
     ("sk", "u64"),
@@ -164,7 +170,7 @@ class Listener:
 
 class TcpFlowProbe(Probe):
     name = "tcpflow"
-    layouts: tuple[Layout, ...] = (VALUE, EVENT, LISTEN_KEY, OWNER)
+    layouts: tuple[Layout, ...] = (VALUE, POLL_ARGS, EVENT, LISTEN_KEY, OWNER)
 
     def __init__(
         self,
@@ -229,17 +235,30 @@ class TcpFlowProbe(Probe):
         super().attach()
         self.adopted = self.adopt(ADOPT_PROG, "connections")
 
-    def poll(self) -> None:
-        """Bring every live entry's byte counts up to its socket's."""
-        assert self.obj
-        self.obj.programs[POLL_PROG].run()
-
     def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
-        """All live flows as (socket keys, values) arrays, in one batch read,
-        their counts brought up to date first."""
-        self.poll()
-        keys, vals, n = self.map(FLOWS_MAP).lookup_batch()
-        return (np.frombuffer(keys, KEY_DTYPE, n), VALUE.decode_many(vals, n))
+        """All live flows as (socket keys, values) arrays: the keys in batch
+        reads, then their entries brought up to their sockets' counts by
+        tcpflow_poll, POLL_BATCH at a time (no call holds the CPU for long)."""
+        assert self.obj
+        keys, _, n = self.map(FLOWS_MAP).lookup_batch()
+        sks = np.frombuffer(keys, KEY_DTYPE, n)
+        poll, polled = self.obj.programs[POLL_PROG], self.map(POLLED_MAP)
+        args = np.zeros(1, POLL_ARGS.dtype)
+        parts = []
+        for i in range(0, n, POLL_BATCH):
+            batch = sks[i : i + POLL_BATCH]
+            args["n"], args["sk"][0, : len(batch)] = len(batch), batch
+            err = poll.run(args.tobytes())
+            if err:
+                raise RuntimeError(f"tcpflow: the poll failed ({err})")
+            _, vals, m = polled.lookup_batch(chunk=POLL_BATCH)
+            parts.append((batch, VALUE.decode_many(vals, m)[: len(batch)]))
+        if not parts:
+            return sks, VALUE.decode_many(b"", 0)
+        sks = np.concatenate([k for k, _ in parts])
+        vals_all = np.concatenate([v for _, v in parts])
+        live = vals_all["start_ns"] != 0  # 0: closed and gone since the keys were read
+        return sks[live], vals_all[live]
 
     def read_listeners(self) -> list[Listener]:
         keys, vals, n = self.map(LISTENERS_MAP).lookup_batch()
