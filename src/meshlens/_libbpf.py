@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .pacing import pace
+
 _c = ctypes
 _vp = _c.c_void_p
 
@@ -444,6 +446,7 @@ class Map:
             total += n
             if err == errno.ENOENT:
                 break
+            pace()
             if hashed and n == chunk and chunk < 4096:
                 # a hash map's token is the next bucket's index: denser than the
                 # last read, so this batch walked few buckets; take more at once

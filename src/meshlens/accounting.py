@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .pacing import pace
+
 UNKNOWN = "unknown"
 OVERFLOW = "overflow"
 
@@ -541,6 +543,8 @@ class FlowBook:
         for i, (sid, flow, opened, closing) in enumerate(
             zip(sids, flows, live.opened, closings, strict=True)
         ):
+            if not i & 1023:
+                pace()
             entry = self.bound.get(sid)
             if entry is None:
                 if sid in reported or closing:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _libbpf as libbpf
-from . import kernel_enums
+from . import kernel_enums, pacing
 from .accounting import (
     EdgeTable,
     Flow,
@@ -293,12 +293,15 @@ class Agent:
     def _refresh(self) -> bool:
         """The body of refresh(), under its lock."""
         t0 = time.perf_counter()
+        pacing.start()  # pauses between its steps: see pacing.py
         tcp_live = self.tcp.read_flows() if self.tcp else None
         udp_live = self.udp.read_flows() if self.udp else None
         if self.tcp:
             self.namer.set_listeners(self._listeners())
         for feat in self.features:
+            pacing.pace()
             feat.refresh()
+        pacing.pace()
         with self._ring_lock:
             self.rings.consume()  # after the reads: see accounting.py
             tcp_recs = self._take("tcpflow")
@@ -315,6 +318,7 @@ class Agent:
                 *tcp_health(vals),
                 redrain=lambda: list(_tcp_records(self._redrain("tcpflow"))),
             )
+        pacing.pace()
         if self.udp and udp_live is not None:
             if self.config.snapshots:
                 self.last_udp = udp_live
@@ -324,6 +328,7 @@ class Agent:
                 redrain=lambda: list(_udp_records(self._redrain("udpflow"))),
             )
         for feat in self.features:
+            pacing.pace()
             feat.account()
         self.namer.forget_older_than(120.0)
         self._last_refresh = time.monotonic()

@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--interval", type=positive(float), default=5.0, help="summary every N seconds"
     )
-    run.add_argument("--quiet", action="store_true", help="no live summary")
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live summary, and no refresh but for a scrape or a backlog of records",
+    )
     run.add_argument("--strict", action="store_true", help="exit if any probe fails to load")
     run.add_argument(
         "--max-flows", type=positive(int), default=65536, help="kernel flow table size"
@@ -258,13 +262,14 @@ def _run(args: argparse.Namespace) -> int:
         if idle and not run_when_idle():
             print("meshlens: SCHED_IDLE refused; refreshing at normal priority", file=sys.stderr)
         last = None
-        while not stop.wait(args.interval):
+        # Quiet, nothing reads the maps but a scrape, or a backlog of records
+        # (accounted at once by the agent): no refresh only to throw it away.
+        while not stop.wait(None if args.quiet else args.interval):
             agent.refresh()
-            if not args.quiet:
-                totals = agent.table.totals()
-                for line in summary_lines(totals, last, args.interval):
-                    print(line, flush=True)
-                last = totals
+            totals = agent.table.totals()
+            for line in summary_lines(totals, last, args.interval):
+                print(line, flush=True)
+            last = totals
     finally:
         if server:
             server.shutdown()  # no scrape reaches a stopped agent

@@ -330,6 +330,11 @@ def self_families(a: Agent) -> Iterator[Metric]:
     )
     refresh.add_metric([], a.self_stats.refresh_seconds)
     yield refresh
+    refreshes = CounterMetricFamily(
+        "meshlens_refreshes", "Refreshes: reads of the maps and the records, then accounting."
+    )
+    refreshes.add_metric([], a.self_stats.refreshes)
+    yield refreshes
     ident = CounterMetricFamily("meshlens_identity_errors", "Failed lookups of addresses or names.")
     ident.add_metric([], a.identity.errors)
     yield ident

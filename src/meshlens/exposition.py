@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
+from . import pacing
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
@@ -55,7 +57,9 @@ class Renderer:
         cache = self._labels
         out: list[str] = []
         samples = 0
+        pacing.start()
         for fam in families:
+            pacing.pace()  # the collector's work for this family, then its text
             name = fam.name + "_total" if fam.type == "counter" else fam.name
             out.append(f"# HELP {name} {_escape_help(fam.documentation)}\n")
             out.append(f"# TYPE {name} {_TYPES.get(fam.type, 'untyped')}\n")

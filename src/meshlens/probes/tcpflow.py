@@ -13,6 +13,7 @@ import numpy as np
 
 from .._libbpf import BPF_NOEXIST
 from ..layout import Layout, layout
+from ..pacing import pace
 from .base import Probe
 
 FLOWS_MAP = "tcpflow_flows"
@@ -253,6 +254,7 @@ class TcpFlowProbe(Probe):
                 raise RuntimeError(f"tcpflow: the poll failed ({err})")
             _, vals, m = polled.lookup_batch(chunk=POLL_BATCH)
             parts.append((batch, VALUE.decode_many(vals, m)[: len(batch)]))
+            pace()
         if not parts:
             return sks, VALUE.decode_many(b"", 0)
         sks = np.concatenate([k for k, _ in parts])
