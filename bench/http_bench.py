@@ -12,7 +12,9 @@ probes and the http feature only), `http-only` (the http feature alone),
 `...-nostats` (without kernel.bpf_stats_enabled), `stats` (only
 bpf_stats enabled, no program), `full` (`meshlens run`: every feature),
 `core` (`meshlens run --features none`), `run:A+B` (`meshlens run --features A,B`);
-a suffix `@N` runs that agent with `--interval N` (its refresh period; default 5 s);
+a suffix `@N` runs that agent with `--interval N` (its refresh period; default 5 s;
+with `--quiet`, which the bench uses, only its summary's), `~N` with `--max-flows N`,
+`^normal` with `--priority normal`, and `!stop` stops it (SIGSTOP) during the run;
 `other` is `full` from the checkout given with `--other` (two commits in one run).
 During a run, `--scrape N` GETs the agent's /metrics every N s (default 15, at a random
 phase), as Prometheus would. For each run: throughput, p50/p99 latency (wrk --latency), the agent

@@ -1464,7 +1464,8 @@ def md_findings(res: dict[str, Any]) -> list[str]:
                 f"(two per connection), i.e. one core accounts at most "
                 f"{1e6 / (2 * min(us)):,.0f} connections/s; peak RSS under churn "
                 f"{mb(max(r['agent_hwm_kb'] for r in ag))}. Records wait in Python lists until "
-                "the next refresh (scrape or `--interval`), so a backlog costs memory."
+                "the next refresh (a scrape; with `--quiet`, also 20,000 waiting records), so "
+                "a backlog costs memory."
             )
             lossy = [r for r in ag if r["lost"]]
             if lossy:
@@ -1685,7 +1686,7 @@ def md_flows(f: dict[str, Any]) -> list[str]:
         "`/proc/<pid>/status` after each scrape, split by mapping from `/proc/<pid>/smaps` "
         '("ring buffers" are the mmapped BPF ring buffers, counted in RSS although they are '
         'kernel memory; "kernel map memory" is the `memlock` of every map the agent holds, '
-        "not in RSS). `meshlens run` also refreshes on its own every `--interval` (5 s). "
+        "not in RSS). `meshlens run --quiet` refreshes for the scrapes only. "
         "The 0-connection row is the agent without flows, the baseline of this benchmark.",
     ]
     return out
