@@ -290,12 +290,16 @@ static long sweep_one(void *map, struct dns_key *k, struct dns_pending *v, struc
 	return 0;
 }
 
+__u32 sweeps_skipped = 0;
+
 static int sweep(void *map, __u32 *key, struct dns_sweeper *s)
 {
 	struct sweep_ctx c = {.now = bpf_ktime_get_ns()};
 
-	stat_inc(DNS_STAT_SWEEPS);
-	bpf_for_each_map_elem(&dns_pending, sweep_one, &c, 0);
+	if (sweep_due(&dns_stats, DNS_STAT_LIVE, &sweeps_skipped)) {
+		stat_inc(DNS_STAT_SWEEPS);
+		bpf_for_each_map_elem(&dns_pending, sweep_one, &c, 0);
+	}
 	bpf_timer_start(&s->timer, sweep_ns, 0);
 	return 0;
 }

@@ -49,6 +49,39 @@ static __always_inline void stat_add(void *stats, __u32 idx, __u64 n)
 
 /* Copy a socket's addresses and ports (local first) into 16-byte slots.
  * IPv4 goes in the first 4 bytes, like bcc's tools do. Ports in host order. */
+/* Slot idx of a per-CPU u64 array summed over every CPU, as a timer reads a
+ * count the programs keep per CPU. */
+#define MESHLENS_MAX_CPUS 1024
+
+static __always_inline __u64 percpu_sum(void *stats, __u32 idx)
+{
+	__u64 sum = 0;
+
+	for (__u32 cpu = 0; cpu < MESHLENS_MAX_CPUS; cpu++) {
+		__u64 *c = bpf_map_lookup_percpu_elem(stats, &idx, cpu);
+
+		if (!c)
+			break; /* past the last CPU */
+		sum += *c;
+	}
+	return sum;
+}
+
+/* A sweep timer walks every bucket of its map, empty or not, in softirq: skip
+ * the walk while the live count (inserts minus deletes) is 0, but not every
+ * time, so a count that drifted (a per-CPU add interrupted on its CPU) cannot
+ * stop expiry for good. */
+#define SWEEP_ANYWAY_EVERY 16
+
+static __always_inline bool sweep_due(void *stats, __u32 live_idx, __u32 *skipped)
+{
+	if (percpu_sum(stats, live_idx) || ++*skipped >= SWEEP_ANYWAY_EVERY) {
+		*skipped = 0;
+		return true;
+	}
+	return false;
+}
+
 static __always_inline void read_sock_tuple(const struct sock *sk, __u16 family, __u8 *laddr,
 					    __u8 *raddr, __u16 *lport, __u16 *rport)
 {

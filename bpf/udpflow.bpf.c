@@ -126,11 +126,14 @@ static int expire_cb(void *map, struct udpflow_key *k, struct udpflow_value *v, 
 
 /* Every sweep_ns: expire the flows idle for idle_ns (so a flow goes between
  * idle_ns and idle_ns + 2 sweep_ns after its last datagram). */
+__u32 sweeps_skipped = 0;
+
 static int sweep(void *map, __u32 *key, struct udpflow_sweeper *s)
 {
 	__u64 now = bpf_ktime_get_ns();
 
-	bpf_for_each_map_elem(&udpflow_flows, expire_cb, &now, 0);
+	if (sweep_due(&udpflow_stats, UDPFLOW_STAT_LIVE, &sweeps_skipped))
+		bpf_for_each_map_elem(&udpflow_flows, expire_cb, &now, 0);
 	bpf_timer_start(&s->timer, sweep_ns, 0);
 	return 0;
 }

@@ -357,6 +357,21 @@ def test_timeout_counted_once_when_the_answer_comes_late(
     assert after[probe.Stat.UNMATCHED] - before[probe.Stat.UNMATCHED] >= 1
 
 
+def test_sweeper_skips_its_walk_while_nothing_is_pending(
+    dns_agent: Callable[..., tuple[Agent, DnsFeature]],
+) -> None:
+    """The sweep timer (every 250 ms) walks the pending map only when the live
+    count says something is pending, and every 16th time anyway."""
+    _, feat = dns_agent()
+    before = feat.probe.stats()
+    time.sleep(2.0)  # 8 ticks
+    after = feat.probe.stats()
+    if before[probe.Stat.QUERIES] != after[probe.Stat.QUERIES]:
+        pytest.skip("DNS traffic on this host during the test")
+    assert after[probe.Stat.LIVE] == 0
+    assert after[probe.Stat.SWEEPS] - before[probe.Stat.SWEEPS] <= 1
+
+
 def _kernel_reasons(feat: DnsFeature, before: dict[probe.Stat, int]) -> Counter[str]:
     now = feat.probe.stats()
     out: Counter[str] = Counter()
