@@ -236,10 +236,11 @@ class Agent:
     def _poll_loop(self) -> None:
         # Wait on the epoll fd without holding the lock, then drain under it, so
         # a refresh never waits for a poll timeout.
-        # The kernel wakes us when a ring is 1/8 full (each record, for a trace);
-        # the timer only bounds how long a few records wait. An idle agent's CPU
-        # is mostly these wake-ups, so not more than once a second.
-        timeout = 0.2 if self.on_tcp_event is not None else 1.0
+        # The kernel wakes us when a ring is 1/8 full (each record, for a trace),
+        # and a refresh drains first: the timer only bounds how long a few records
+        # wait in a ring. Each wake-up takes the CPU from whatever runs there
+        # (40-85 us with nothing to drain, docs/bench/http.md): rarely.
+        timeout = 0.2 if self.on_tcp_event is not None else 10.0
         waiter = self._waiter
         while waiter and waiter.wait(timeout):
             # Drain on wake-up and on the timer too: the kernel skips wake-ups

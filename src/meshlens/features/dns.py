@@ -476,8 +476,9 @@ class RecordPump:
 
     def _loop(self) -> None:
         # woken when the ring is 1/8 full; refresh() pumps first, so the timer
-        # only bounds memory and costs a wake-up a second
-        while self._waiter.wait(1.0):
+        # only bounds how long a few records wait (a wake-up takes the CPU from
+        # whatever runs there: rarely)
+        while self._waiter.wait(10.0):
             self.pump()
 
     def pump(self) -> int:
