@@ -47,8 +47,6 @@ static __always_inline void stat_add(void *stats, __u32 idx, __u64 n)
 		*c += n;
 }
 
-/* Copy a socket's addresses and ports (local first) into 16-byte slots.
- * IPv4 goes in the first 4 bytes, like bcc's tools do. Ports in host order. */
 /* Slot idx of a per-CPU u64 array summed over every CPU, as a timer reads a
  * count the programs keep per CPU. */
 #define MESHLENS_MAX_CPUS 1024
@@ -82,6 +80,8 @@ static __always_inline bool sweep_due(void *stats, __u32 live_idx, __u32 *skippe
 	return false;
 }
 
+/* Copy a socket's addresses and ports (local first) into 16-byte slots.
+ * IPv4 goes in the first 4 bytes, like bcc's tools do. Ports in host order. */
 static __always_inline void read_sock_tuple(const struct sock *sk, __u16 family, __u8 *laddr,
 					    __u8 *raddr, __u16 *lport, __u16 *rport)
 {

@@ -141,7 +141,8 @@ BPF_STATS_RUN_TIME = 0
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH = 5, 6, 10
 _PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH}
-_HASH_TYPES = {1, MAP_TYPE_PERCPU_HASH, 9, MAP_TYPE_LRU_PERCPU_HASH}  # hash, LRU hash
+MAP_TYPE_HASH, MAP_TYPE_LRU_HASH = 1, 9
+_HASH_TYPES = {MAP_TYPE_HASH, MAP_TYPE_PERCPU_HASH, MAP_TYPE_LRU_HASH, MAP_TYPE_LRU_PERCPU_HASH}
 # Buckets of a hash map one batch read should walk, about: the walk holds the CPU
 # (no preemption in the kernel here), ~30 us per 4,096 buckets on this machine.
 BUCKETS_PER_READ = 4096
@@ -404,8 +405,12 @@ class Map:
             prev = nxt.raw
             yield prev
 
-    def lookup_batch(self, chunk: int | None = None) -> tuple[bytearray, bytearray, int]:
-        """Every entry in batches: (keys, values, count), packed back to back.
+    def lookup_batch(
+        self, chunk: int | None = None, values: bool = True
+    ) -> tuple[bytearray, bytearray, int]:
+        """Every entry in batches: (keys, values, count), packed back to back;
+        values=False leaves the values out (empty) for a caller that reads
+        them another way.
 
         One syscall per `chunk` entries, each batch copied once into the
         result (its size follows what was read, not the map's capacity); falls
@@ -442,7 +447,8 @@ class Map:
                 raise LibbpfError(err, f"batch lookup in {self.name}")
             n = count.value
             out_k += kview[: n * ks]
-            out_v += vview[: n * vs]
+            if values:
+                out_v += vview[: n * vs]
             total += n
             if err == errno.ENOENT:
                 break

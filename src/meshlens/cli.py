@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("idle", "normal"),
         default="idle",
         help="CPU priority of the periodic refresh and of /metrics: 'idle' (SCHED_IDLE, the "
-        "default) runs them only on CPU time no workload wants, so they never delay a "
-        "request; the ring buffers are drained at normal priority either way",
+        "default) runs them on CPU time no workload wants, and a workload that wakes takes "
+        "the CPU back at once; the ring buffers are drained at normal priority either way",
     )
     from .features import features
 

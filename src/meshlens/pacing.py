@@ -37,5 +37,5 @@ def pace() -> None:
 
 
 def pauses() -> int:
-    """Pauses this thread has taken (for tests and self-metrics)."""
+    """Pauses this thread has taken (for tests)."""
     return int(getattr(_state, "pauses", 0))

@@ -29,6 +29,13 @@ def test_lookup_batch_reads_each_entry_once(chunk: int | None) -> None:
             ]
             assert len(ours) == n  # none missed, none twice
             assert dict(ours) == {i: i % 251 for i in range(n)}
+        only_keys, no_vals, count2 = m.lookup_batch(chunk, values=False)
+        assert (
+            not no_vals
+            and count2 == count
+            and sorted(only_keys[j * 8 : j * 8 + 8] for j in range(count2))
+            == sorted(keys[j * 8 : j * 8 + 8] for j in range(count))
+        )
     finally:
         probe.close()
 

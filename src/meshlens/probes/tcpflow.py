@@ -241,7 +241,7 @@ class TcpFlowProbe(Probe):
         reads, then their entries brought up to their sockets' counts by
         tcpflow_poll, POLL_BATCH at a time (no call holds the CPU for long)."""
         assert self.obj
-        keys, _, n = self.map(FLOWS_MAP).lookup_batch()
+        keys, _, n = self.map(FLOWS_MAP).lookup_batch(values=False)  # the poll gives them
         sks = np.frombuffer(keys, KEY_DTYPE, n)
         poll, polled = self.obj.programs[POLL_PROG], self.map(POLLED_MAP)
         args = np.zeros(1, POLL_ARGS.dtype)
