@@ -108,7 +108,7 @@ static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
 }
 
 /* Ring buffers wake the reader only once this much data waits, so a burst of
- * events costs one wake-up; the reader also polls on a timer. */
+ * events costs one wake-up; a refresh drains them first. */
 static __always_inline __u64 ringbuf_flags(void *rb, __u64 wakeup_bytes)
 {
 	if (!wakeup_bytes)

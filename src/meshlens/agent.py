@@ -237,14 +237,14 @@ class Agent:
         # Wait on the epoll fd without holding the lock, then drain under it, so
         # a refresh never waits for a poll timeout.
         # The kernel wakes us when a ring is 1/8 full (each record, for a trace),
-        # and a refresh drains first: the timer only bounds how long a few records
-        # wait in a ring. Each wake-up takes the CPU from whatever runs there
-        # (40-85 us with nothing to drain, docs/bench/http.md): rarely.
-        timeout = 0.2 if self.on_tcp_event is not None else 10.0
+        # and a refresh drains first, so records waiting in a ring are never lost
+        # or late to a scrape: no timer. Each wake-up takes the CPU from whatever
+        # runs there (0.5 ms of a cold interpreter under load, docs/bench/http.md).
+        timeout = 0.2 if self.on_tcp_event is not None else None
         waiter = self._waiter
         while waiter and waiter.wait(timeout):
-            # Drain on wake-up and on the timer too: the kernel skips wake-ups
-            # until a batch has built up.
+            # Drain on every wake-up (a trace's timer too): the kernel skips
+            # wake-ups until a batch has built up.
             with self._ring_lock:
                 if self._stop.is_set():
                     return

@@ -10,6 +10,9 @@ prometheus_client's metric classes.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -83,6 +86,44 @@ class Renderer:
         return "".join(out).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    """serve_forever() without its poll timer: it sleeps until a connection comes or
+    shutdown() writes to a pipe. (The standard one wakes twice a second to look for
+    a shutdown request: each wake-up of an idle agent takes a CPU from the host's
+    workloads, docs/bench/http.md.)"""
+
+    daemon_threads = True
+    timeout = 0  # handle_request() only accepts what select() saw waiting
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    if any(key.fileobj is self for key, _ in sel.select()):
+                        self.handle_request()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def serve(
     host: str,
     port: int,
@@ -113,15 +154,14 @@ def serve(
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not news
 
-    server_cls = ThreadingHTTPServer
+    server_cls = _Server
     if ":" in host:
 
-        class V6Server(ThreadingHTTPServer):
+        class V6Server(_Server):
             address_family = socket.AF_INET6
 
         server_cls = V6Server
     server = server_cls((host, port), Handler)
-    server.daemon_threads = True
 
     def loop() -> None:
         if thread_init is not None:

@@ -1,7 +1,9 @@
-"""Wait on ring buffers' epoll fd, a timer, or a stop request, whichever comes first.
+"""Wait on ring buffers' epoll fd, an optional timer, or a stop request, whichever
+comes first.
 
-The ring-buffer threads sleep up to a second between drains (an idle agent's CPU
-is mostly its wake-ups); a self-pipe lets stop() end that sleep at once.
+The ring-buffer threads of `meshlens run` sleep until the kernel wakes them (a ring
+1/8 full) or stop() does, through a self-pipe: no timer, so an idle agent takes no
+CPU from the host's workloads (docs/bench/http.md).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ class RingWait:
         self.stopped = False
         self._r, self._w = os.pipe()
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until data, the timer or stop(); False once stopped."""
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep until data, the timer (None: no timer) or stop(); False once stopped."""
         if self.stopped or self.fd < 0:
             return False
         try:

@@ -3,6 +3,7 @@ or link behind when stopped by SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -40,6 +41,17 @@ def thread_policies(pid: int) -> dict[int, int]:
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/stat") as f:
             out[int(tid)] = int(f.read().rsplit(")", 1)[1].split()[38])
+    return out
+
+
+def voluntary_switches(pid: int) -> dict[int, int]:
+    """How often each thread of pid went to sleep."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    out[int(tid)] = int(line.split()[1])
     return out
 
 
@@ -97,6 +109,15 @@ def test_run_serves_and_detaches_on_signal(sig: signal.Signals, priority: str) -
         # (a scrape's own thread, also idle, may still be ending)
         assert min(list(policies.values()).count(os.SCHED_IDLE), 2) == idle, policies
         assert os.SCHED_OTHER in policies.values(), policies
+
+        # Between scrapes no thread wakes on a timer of its own: each wake-up would
+        # take a CPU from the host's workloads (docs/bench/http.md)
+        time.sleep(0.5)  # the scrape's own thread ends
+        before = voluntary_switches(proc.pid)
+        time.sleep(2.5)
+        after = voluntary_switches(proc.pid)
+        woke = {t: after[t] - n for t, n in before.items() if after.get(t, n) != n}
+        assert not woke, (woke, policies)
 
         t0 = time.monotonic()
         proc.send_signal(sig)

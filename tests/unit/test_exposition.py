@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -110,3 +112,34 @@ def test_served_over_http_and_errors_are_answers() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_server_sleeps_between_scrapes_and_stops_at_once() -> None:
+    """No poll timer: the serving thread sleeps until a connection or shutdown()."""
+    tid: list[int] = []
+    server = exposition.serve(
+        "127.0.0.1", 0, families, thread_init=lambda: tid.append(threading.get_native_id())
+    )
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200
+        assert tid
+
+        def sleeps() -> int:
+            with open(f"/proc/self/task/{tid[0]}/status") as f:
+                return next(
+                    int(x.split()[1]) for x in f if x.startswith("voluntary_ctxt_switches:")
+                )
+
+        time.sleep(0.3)  # back in select(), after the scrape (and the GIL) let it go
+        before = sleeps()
+        time.sleep(1.5)  # the standard serve_forever() woke three times in this
+        assert sleeps() == before
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200  # and still serves
+    finally:
+        t0 = time.monotonic()
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - t0 < 0.5

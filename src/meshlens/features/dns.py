@@ -475,10 +475,9 @@ class RecordPump:
         self._thread.start()
 
     def _loop(self) -> None:
-        # woken when the ring is 1/8 full; refresh() pumps first, so the timer
-        # only bounds how long a few records wait (a wake-up takes the CPU from
-        # whatever runs there: rarely)
-        while self._waiter.wait(10.0):
+        # woken when the ring is 1/8 full, and refresh() pumps first: no timer
+        # (a wake-up takes the CPU from whatever runs there)
+        while self._waiter.wait(None):
             self.pump()
 
     def pump(self) -> int:
