@@ -17,10 +17,14 @@ with `--quiet`, which the bench uses, only its summary's), `~N` with `--max-flow
 `^normal` with `--priority normal`, and `!stop` stops it (SIGSTOP) during the run;
 `other` is `full` from the checkout given with `--other` (two commits in one run).
 During a run, `--scrape N` GETs the agent's /metrics every N s (default 15, at a random
-phase), as Prometheus would. For each run: throughput, p50/p99 latency (wrk --latency), the agent
-process's CPU (utime+stime from /proc), and the kernel time of the http
-programs per request (bpf_stats, which the agent enables). Prints a markdown
-table of medians over the rounds (docs/bench/http.md)."""
+phase), as Prometheus would. Make a round as long as the scrape period (`--seconds
+15 --scrape 15`): then every round holds one scrape, and the median of the
+rounds is the cost per scrape period; shorter rounds hold one or none, and their
+median says more about where the few rounds with a scrape fall. For each run:
+throughput, p50/p99 latency (wrk --latency), the agent process's CPU
+(utime+stime from /proc), and the kernel time of the http programs per request
+(bpf_stats, which the agent enables). Prints a markdown table of medians over
+the rounds, loss and p99 added paired round by round (docs/bench/http.md)."""
 
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -522,7 +527,14 @@ def main() -> int:
         "its features; `agent-core-nohealth`: nor tcpflow's health hooks and RTT "
         "samples; `agent-http`: the core and http)",
     )  # fmt: skip
+    p.add_argument(
+        "--from-json", default=None, metavar="FILE",
+        help="instead: print the table of a run that --json saved",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.from_json:
+        print_table(json.loads(Path(args.from_json).read_text()))
+        return 0
     if args.other:
         OTHER.append(args.other)
     if os.geteuid() != 0:
@@ -555,43 +567,52 @@ def main() -> int:
                     time.sleep(args.settle if agent else 1)
                     # full!stop: the agent process stopped (SIGSTOP) during the run,
                     # its programs and kernel timers running: the kernel's part alone
-                    stopped = agent is not None and mode.endswith("!stop")
+                    stopped = agent if agent is not None and mode.endswith("!stop") else None
                     if stopped:
-                        agent.send_signal(signal.SIGSTOP)
+                        stopped.send_signal(signal.SIGSTOP)
                     try:
                         res = one_run(cli, url, args, None if stopped else agent)
                     finally:
                         if stopped:
-                            agent.send_signal(signal.SIGCONT)
+                            stopped.send_signal(signal.SIGCONT)
                 finally:
                     stop_agent(agent)
                 runs[mode].append(res)
                 print(f"round {rnd} {mode:5} {json.dumps(res)}", file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
+    print_table(runs)
+    return 0
+
+
+def print_table(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """The markdown table of a run (every mode's rounds, as --json writes them)."""
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
-    base = med.get("none")
-    # Loss paired round by round (each mode against `none` of the same round),
-    # then the median: drift on a shared host cancels out within a round.
-    paired = {
-        m: statistics.median(1 - r["rps"] / b["rps"] for r, b in zip(rs, runs["none"], strict=True))
-        for m, rs in runs.items()
-        if "none" in runs and m != "none"
-    }
+
+    # Loss and p99 added paired round by round (each mode against `none` of the
+    # same round), then the median: drift on a shared host cancels out within a
+    # round.
+    def paired(m: str, of: Callable[[dict[str, Any], dict[str, Any]], float]) -> float | None:
+        if "none" not in runs or m == "none":
+            return None
+        return statistics.median(of(r, b) for r, b in zip(runs[m], runs["none"], strict=True))
+
     print(
-        "| mode | requests/s | loss (paired) | p50 µs | p99 µs | p99 added µs | agent cores "
-        "| agent cores per 1k rps | BPF ns/request |"
+        "| mode | requests/s | loss (paired) | p50 µs | p99 µs | p99 added µs (paired) "
+        "| rounds with a scrape | agent cores | agent cores per 1k rps | BPF ns/request |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for m, v in med.items():
-        loss = f"{100 * paired[m]:.1f} %" if m in paired else "-"
-        added = f"{v['p99_us'] - base['p99_us']:.0f}" if base and m != "none" else "-"
+        loss = paired(m, lambda r, b: 1 - r["rps"] / b["rps"])
+        added = paired(m, lambda r, b: r["p99_us"] - b["p99_us"])
+        scraped = sum(1 for r in runs[m] if r["scrapes"])
         print(
-            f"| {m} | {v['rps']:.0f} | {loss} | {v['p50_us']:.0f} | {v['p99_us']:.0f} | {added} "
+            f"| {m} | {v['rps']:.0f} | {'-' if loss is None else f'{100 * loss:.1f} %'} "
+            f"| {v['p50_us']:.0f} | {v['p99_us']:.0f} "
+            f"| {'-' if added is None else f'{added:+.1f}'} | {scraped} of {len(runs[m])} "
             f"| {v['agent_cores']:.4f} | {v['agent_cores_per_1k_rps']:.5f} "
             f"| {v['bpf_ns_per_request']:.0f} |"
         )
-    return 0
 
 
 if __name__ == "__main__":
