@@ -95,9 +95,10 @@ static __always_inline struct tcpflow_value *flow_create(const struct sock *sk, 
 		}
 	}
 	err = bpf_map_update_elem(&tcpflow_flows, &key, &init, BPF_NOEXIST);
-	if (!err)
+	if (!err) {
 		stat_add(&tcpflow_stats, TCPFLOW_STAT_LIVE, 1);
-	else if (err != -17 /* EEXIST: another CPU created it */)
+		stat_add(&tcpflow_stats, TCPFLOW_STAT_INSERTS, 1);
+	} else if (err != -17 /* EEXIST: another CPU created it */)
 		stat_add(&tcpflow_stats, TCPFLOW_STAT_FLOWS_FULL, 1);
 	return bpf_map_lookup_elem(&tcpflow_flows, &key);
 }
@@ -736,8 +737,10 @@ int BPF_PROG(tcpflow_reset_received, struct sock *sk)
 	return 0;
 }
 
-/* Ring buffer records are only ever void pointers to the compiler: name the
- * type once so it is in the object's BTF for the user-side layout check. */
+/* Ring buffer records are only ever void pointers to the compiler, and the
+ * stats only indexes: name the types once so they are in the object's BTF for
+ * the user-side checks. */
 const struct tcpflow_event *unused_tcpflow_event __attribute__((unused));
+const enum tcpflow_stat *unused_tcpflow_stat __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -50,7 +50,9 @@ enum tcpflow_stat {
 	TCPFLOW_STAT_LATE = 4,           /* late records sent */
 	TCPFLOW_STAT_LIVE = 5,           /* inserts minus deletes: live entries */
 	TCPFLOW_STAT_STALE = 6,          /* entry whose socket was gone at a poll */
-	TCPFLOW_STAT_MAX = 7,
+	TCPFLOW_STAT_INSERTS = 7,        /* entries made: user space walks the map only
+					    when this moved (docs/tcpflow.md) */
+	TCPFLOW_STAT_MAX = 8,
 };
 
 /* Value of tcpflow_flows, keyed by the socket's kernel address. The byte

@@ -373,6 +373,9 @@ int tcphealth_adopt(void *ctx)
 	return w.adopted;
 }
 
+/* Name the types user space mirrors once, so they are in the object's BTF
+ * for the user-side checks. */
 const struct tcphealth_key *unused_tcphealth_key __attribute__((unused));
+const enum tcphealth_stat *unused_tcphealth_stat __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -382,8 +382,10 @@ int udpflow_recvmsg6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* Ring buffer records are only ever void pointers to the compiler: name the
- * type once so it is in the object's BTF for the user-side layout check. */
+/* Ring buffer records are only ever void pointers to the compiler, and the
+ * stats only indexes: name the types once so they are in the object's BTF for
+ * the user-side checks. */
 const struct udpflow_event *unused_udpflow_event __attribute__((unused));
+const enum udpflow_stat *unused_udpflow_stat __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -223,6 +223,58 @@ def test_poll_brings_listed_entries_up_to_date_and_zeroes_gone_ones(agent: Agent
             assert probe.obj.programs[tcpflow.POLL_PROG].run(args.tobytes()) == -1
 
 
+def test_flow_map_walked_only_after_an_insert(agent: Agent) -> None:
+    """read_flows reads the whole of tcpflow_flows only when an entry was made since
+    its last read; otherwise it polls the keys it knows, with the same result:
+    new bytes counted, a closed connection gone."""
+    probe = agent.tcp
+    assert probe is not None
+
+    def inserts() -> int:
+        return probe.stats()[tcpflow.Stat.INSERTS]
+
+    def read_without_insert() -> tuple[np.ndarray, np.ndarray]:
+        # the host may open connections of its own meanwhile: then a walk is right
+        for _ in range(50):
+            at, walks = inserts(), probe.walks
+            keys, vals = probe.read_flows()
+            if inserts() == at:
+                assert probe.walks == walks
+                return keys, vals
+            time.sleep(0.05)
+        raise AssertionError("connections kept opening on this host")
+
+    def mine(vals: np.ndarray, port: int) -> np.ndarray:
+        return vals[(vals["lport"] == port) & (vals["family"] == socket.AF_INET)]
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        cl = socket.create_connection(srv.getsockname())
+        peer, _ = srv.accept()
+        port = cl.getsockname()[1]
+        with peer:
+            with cl:
+                walks = probe.walks
+                _, vals = probe.read_flows()
+                assert probe.walks == walks + 1  # two entries made since the last read
+                assert len(mine(vals, port)) == 1
+                cl.sendall(b"x" * 1237)
+                assert len(peer.recv(1237, socket.MSG_WAITALL)) == 1237
+                _, vals = read_without_insert()
+                assert [int(v["bytes_sent"]) for v in mine(vals, port)] == [1237]
+                cl2 = socket.create_connection(srv.getsockname())
+                with cl2:
+                    walks = probe.walks
+                    _, vals = probe.read_flows()
+                    assert probe.walks == walks + 1
+                    assert len(mine(vals, cl2.getsockname()[1])) == 1
+
+            # closed: the client's entry goes (at TCP_CLOSE), found by the poll alone
+            def client_gone() -> bool:
+                return len(mine(read_without_insert()[1], port)) == 0
+
+            assert wait_for(client_gone, 5.0, 0.05)
+
+
 def ipv6_exchange(lab6: Lab, n: int) -> tuple[int, dict[str, int]]:
     client, server = lab6.hosts
     assert server.addr6

@@ -50,3 +50,19 @@ def test_prog_info_offsets_match_the_running_kernel() -> None:
         if name in members:
             assert getattr(mirror, name).offset == members[name], name
     assert ctypes.sizeof(mirror) <= info.size  # a prefix: the kernel fills what we ask
+
+
+@pytest.mark.parametrize(("module", "probe"), PROBES, ids=[p.name for _, p in PROBES])
+def test_stat_indexes_match_the_object(module: object, probe: type[Probe]) -> None:
+    """Each probe's Stat mirrors its <probe>_stat enum: a slot read under the
+    wrong name would be a wrong number in /metrics, not an error."""
+    obj = objects_dir() / f"{probe.name}.bpf.o"
+    if not obj.is_file():
+        pytest.skip(f"{obj.name} not built (make build)")
+    stat = vars(module)["Stat"]
+    prefix = f"{probe.name.upper()}_STAT_"
+    enum = Btf.from_file(obj).enum(f"{probe.name}_stat")
+    assert {k: v for k, v in enum.items() if not k.endswith("_MAX")} == {
+        prefix + s.name: s.value for s in stat
+    }
+    assert enum[prefix + "MAX"] == len(stat)

@@ -69,6 +69,7 @@ class Stat(enum.IntEnum):
     LATE = 4
     LIVE = 5
     STALE = 6
+    INSERTS = 7
 
 
 VALUE = layout(
@@ -190,6 +191,9 @@ class TcpFlowProbe(Probe):
         self.trace_opens = trace_opens
         self.wake_each = wake_each or trace_opens
         self.adopted = 0  # connections older than the probe, found at attach
+        self.walks = 0  # reads of the whole flow map (read_flows)
+        self._known: np.ndarray | None = None  # the keys the last poll found live
+        self._known_at = 0  # Stat.INSERTS when they were read
 
     def configure(self) -> None:
         assert self.obj
@@ -237,12 +241,33 @@ class TcpFlowProbe(Probe):
         self.adopted = self.adopt(ADOPT_PROG, "connections")
 
     def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
-        """All live flows as (socket keys, values) arrays: the keys in batch
-        reads, then their entries brought up to their sockets' counts by
-        tcpflow_poll, POLL_BATCH at a time (no call holds the CPU for long)."""
+        """All live flows as (socket keys, values) arrays: the keys, then their
+        entries brought up to their sockets' counts by tcpflow_poll, POLL_BATCH
+        at a time (no call holds the CPU for long).
+
+        The keys come from batch reads of the map only when an entry was made
+        since the last read (Stat.INSERTS moved); otherwise they are the keys
+        the last poll found live, which is the same set: an entry the poll finds
+        gone is gone for good (a socket address used again is a new insert).
+        A read walks every bucket of the map, most of a refresh's kernel time
+        when connections are long-lived."""
         assert self.obj
-        keys, _, n = self.map(FLOWS_MAP).lookup_batch(values=False)  # the poll gives them
-        sks = np.frombuffer(keys, KEY_DTYPE, n)
+        inserts = self.map(STATS_MAP).percpu_sums()[Stat.INSERTS]  # before the read
+        if self._known is not None and inserts == self._known_at:
+            sks = self._known
+        else:
+            keys, _, n = self.map(FLOWS_MAP).lookup_batch(values=False)  # the poll gives them
+            sks = np.frombuffer(keys, KEY_DTYPE, n)
+            self.walks += 1
+        self._known_at = inserts
+        sks, vals = self._poll(sks)
+        self._known = sks
+        return sks, vals
+
+    def _poll(self, sks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The entries of these keys, brought up to date; the keys gone are left out."""
+        assert self.obj
+        n = len(sks)
         poll, polled = self.obj.programs[POLL_PROG], self.map(POLLED_MAP)
         args = np.zeros(1, POLL_ARGS.dtype)
         parts = []
