@@ -10,13 +10,13 @@ prometheus_client's metric classes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
@@ -95,17 +95,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     timeout = 0  # handle_request() only accepts what select() saw waiting
 
-    def server_activate(self) -> None:
-        super().server_activate()
-        self._wake_r, self._wake_w = os.pipe()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._wake: tuple[int, ...] = os.pipe()
         self._stopping = False
         self._stopped = threading.Event()
+        super().__init__(*args, **kwargs)  # a failed bind calls server_close(): no leak
 
     def serve_forever(self, poll_interval: float | None = None) -> None:
         try:
             with selectors.DefaultSelector() as sel:
                 sel.register(self, selectors.EVENT_READ)
-                sel.register(self._wake_r, selectors.EVENT_READ)
+                sel.register(self._wake[0], selectors.EVENT_READ)
                 while not self._stopping:
                     if any(key.fileobj is self for key, _ in sel.select()):
                         self.handle_request()
@@ -114,14 +114,15 @@ class _Server(ThreadingHTTPServer):
 
     def shutdown(self) -> None:
         self._stopping = True
-        os.write(self._wake_w, b"x")
+        if self._wake:
+            os.write(self._wake[1], b"x")
         self._stopped.wait()
 
     def server_close(self) -> None:
         super().server_close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        wake, self._wake = self._wake, ()
+        for fd in wake:
+            os.close(fd)
 
 
 def serve(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.error
@@ -143,3 +144,15 @@ def test_server_sleeps_between_scrapes_and_stops_at_once() -> None:
         server.shutdown()
         server.server_close()
     assert time.monotonic() - t0 < 0.5
+
+
+def test_a_port_in_use_is_an_oserror_and_leaks_nothing() -> None:
+    server = exposition.serve("127.0.0.1", 0, families)
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError):
+            exposition.serve("127.0.0.1", server.server_address[1], families)
+        assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        server.shutdown()
+        server.server_close()
