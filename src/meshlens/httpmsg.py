@@ -168,14 +168,16 @@ def cumulative(
     counts: Sequence[int], bounds: Sequence[float], fmt: Callable[[float], str] = str
 ) -> list[tuple[str, float]]:
     """Prometheus buckets (le, cumulative count) from per-bucket counts whose
-    last entry is the +Inf bucket."""
+    last entry is the +Inf bucket. The counts stay integers: exact, and printed
+    without a float's formatting."""
     if len(counts) != len(bounds) + 1:
         raise ValueError("need one count per bound plus +Inf")
-    out, run = [], 0
+    out: list[tuple[str, float]] = []
+    run = 0
     for bound, n in zip(bounds, counts, strict=False):
         run += n
-        out.append((fmt(bound), float(run)))
-    out.append(("+Inf", float(run + counts[-1])))
+        out.append((fmt(bound), run))
+    out.append(("+Inf", run + counts[-1]))
     return out
 
 
