@@ -10,12 +10,14 @@ printable ASCII."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+from prometheus_client.utils import floatToGoString
 
 from .accounting import UNKNOWN, Edge, Namer, Sock, ip_text, service_name
 
@@ -181,9 +183,12 @@ def cumulative(
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def le_text(bound: float) -> str:
-    """Bucket bounds as Prometheus prints them (0.5, 1.0, 1e+06 ...)."""
-    return str(float(bound)) if bound < 1e6 else f"{float(bound):.1e}".replace(".0e", "e")
+    """A bucket bound as prometheus_client prints it (0.5, 1.0, 1e+06 ...);
+    formatted once: the same few bounds come back every scrape."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
 
 
 class HttpBook:

@@ -310,3 +310,9 @@ def test_unparsed_reasons_cover_kernel_stats() -> None:
         enum = {k: v for k, v in btf.enum(name).items() if not k.endswith("_MAX")}
         assert enum == {f"{prefix}{m.name}": m.value for m in py}, name
     assert [m.name for m in probe.Method] == list(httpmsg.METHODS)
+
+
+def test_le_text_prints_bounds_as_prometheus_client_does() -> None:
+    assert [httpmsg.le_text(b) for b in (0.5, 1, 1e6, 2.5e6, 3.6e6)] == [
+        "0.5", "1.0", "1e+06", "2.5e+06", "3.6e+06",
+    ]  # fmt: skip

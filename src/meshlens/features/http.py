@@ -11,7 +11,6 @@ turns rows into per-label totals). No per-request work reaches user space.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 
 from .. import httpmsg
 from ..exporter import ISTIO_LABELS, istio_labels
@@ -40,8 +38,6 @@ _AT = ISTIO_LABELS.index("response_flags")
 LABELS = (*ISTIO_LABELS[:_AT], "response_code", "grpc_response_status", *ISTIO_LABELS[_AT:],
           "request_method")  # fmt: skip
 ROUTE_LABEL = "request_route"
-# A bucket's `le` as prometheus_client prints it; the same few bounds every scrape.
-_le = functools.lru_cache(maxsize=64)(floatToGoString)
 
 
 def labels_of(key: httpmsg.SeriesKey, routes: bool) -> list[str]:
@@ -137,13 +133,13 @@ class HttpFeature(Feature):
             lv = labels_of(key, self.routes)
             total.add_metric(lv, s.count)
             counts, ns = s.hist("duration")
-            dur.add_metric(lv, httpmsg.cumulative(counts, ms_bounds, _le), ns / 1e6)
+            dur.add_metric(lv, httpmsg.cumulative(counts, ms_bounds, httpmsg.le_text), ns / 1e6)
             counts, ns = s.hist("ttfb")
-            ttfb.add_metric(lv, httpmsg.cumulative(counts, ms_bounds, _le), ns / 1e6)
+            ttfb.add_metric(lv, httpmsg.cumulative(counts, ms_bounds, httpmsg.le_text), ns / 1e6)
             counts, n = s.hist("request")
-            req.add_metric(lv, httpmsg.cumulative(counts, httpmsg.SIZE_BOUNDS, _le), n)
+            req.add_metric(lv, httpmsg.cumulative(counts, httpmsg.SIZE_BOUNDS, httpmsg.le_text), n)
             counts, n = s.hist("response")
-            resp.add_metric(lv, httpmsg.cumulative(counts, httpmsg.SIZE_BOUNDS, _le), n)
+            resp.add_metric(lv, httpmsg.cumulative(counts, httpmsg.SIZE_BOUNDS, httpmsg.le_text), n)
         yield from (total, dur, ttfb, req, resp)
         st = self._stats
         unparsed = CounterMetricFamily(
