@@ -9,15 +9,11 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from .accounting import UNKNOWN, Edge, Totals
+from .families import CounterFamily, GaugeFamily, HistogramFamily
 from .probes import tcpflow, udpflow
 
 if TYPE_CHECKING:
@@ -83,34 +79,34 @@ def istio_labels(edge: Edge) -> list[str]:
 
 
 def edge_families(totals: dict[Edge, Totals]) -> Iterator[Metric]:
-    sent = CounterMetricFamily(
+    sent = CounterFamily(
         "istio_tcp_sent_bytes",
         "Bytes sent during response (destination to source) on TCP connections.",
         labels=ISTIO_LABELS,
     )
-    received = CounterMetricFamily(
+    received = CounterFamily(
         "istio_tcp_received_bytes",
         "Bytes received during request (source to destination) on TCP connections.",
         labels=ISTIO_LABELS,
     )
-    opened = CounterMetricFamily(
+    opened = CounterFamily(
         "istio_tcp_connections_opened", "TCP connections opened.", labels=ISTIO_LABELS
     )
-    closed = CounterMetricFamily(
+    closed = CounterFamily(
         "istio_tcp_connections_closed", "TCP connections closed.", labels=ISTIO_LABELS
     )
     udp_labels = ("reporter", "source_workload", "destination_workload", "destination_service")
-    udp_sent = CounterMetricFamily(
+    udp_sent = CounterFamily(
         "meshlens_udp_sent_bytes",
         "UDP payload bytes sent by the reporting socket to its peer.",
         labels=udp_labels,
     )
-    udp_received = CounterMetricFamily(
+    udp_received = CounterFamily(
         "meshlens_udp_received_bytes",
         "UDP payload bytes received by the reporting socket from its peer.",
         labels=udp_labels,
     )
-    udp_dgrams = CounterMetricFamily(
+    udp_dgrams = CounterFamily(
         "meshlens_udp_datagrams",
         "UDP datagrams by direction, as the reporting socket saw them.",
         labels=(*udp_labels, "direction"),
@@ -157,22 +153,22 @@ def health_families(totals: dict[Edge, Totals]) -> Iterator[Metric]:
         HEALTH_RTT_SUM,
     )
 
-    rtt = HistogramMetricFamily(
+    rtt = HistogramFamily(
         "meshlens_tcp_rtt_seconds",
         "Smoothed RTT samples of the edge's sockets (kernel srtt, log2 buckets).",
         labels=EDGE_LABELS,
     )
-    retrans = CounterMetricFamily(
+    retrans = CounterFamily(
         "meshlens_tcp_retransmits",
         "Retransmitted TCP segments by type (timeout, fast, syn; synack per listener).",
         labels=(*EDGE_LABELS, "type"),
     )
-    resets = CounterMetricFamily(
+    resets = CounterFamily(
         "meshlens_tcp_resets",
         "TCP resets sent and received by the edge's sockets; reason from enum sk_rst_reason.",
         labels=(*EDGE_LABELS, "direction", "reason"),
     )
-    failures = CounterMetricFamily(
+    failures = CounterFamily(
         "meshlens_tcp_connect_failures",
         "connect() attempts that ended before ESTABLISHED, by reason.",
         labels=(*EDGE_LABELS, "reason"),
@@ -223,49 +219,47 @@ class AgentCollector(Collector):
 
 
 def self_families(a: Agent) -> Iterator[Metric]:
-    up = GaugeMetricFamily(
+    up = GaugeFamily(
         "meshlens_probe_up", "1 if the probe is loaded and attached.", labels=["probe"]
     )
     for st in a.statuses:
         up.add_metric([st.name], 1.0 if st.loaded else 0.0)
     yield up
 
-    lost = CounterMetricFamily(
+    lost = CounterFamily(
         "meshlens_lost_events",
         "Kernel records dropped because a ring buffer was full.",
         labels=["probe"],
     )
-    lost_bytes = CounterMetricFamily(
+    lost_bytes = CounterFamily(
         "meshlens_lost_bytes",
         "Bytes in records dropped because a ring buffer was full.",
         labels=["probe"],
     )
-    full = CounterMetricFamily(
+    full = CounterFamily(
         "meshlens_map_full",
         "Entries not created because a kernel map was full.",
         labels=["probe", "map"],
     )
-    entries = GaugeMetricFamily(
+    entries = GaugeFamily(
         "meshlens_map_entries", "Live entries in a kernel map.", labels=["probe", "map"]
     )
-    capacity = GaugeMetricFamily(
+    capacity = GaugeFamily(
         "meshlens_map_capacity", "Capacity of a kernel map.", labels=["probe", "map"]
     )
-    late = CounterMetricFamily(
+    late = CounterFamily(
         "meshlens_late_records",
         "Records of bytes counted after a flow's final record.",
         labels=["probe"],
     )
-    records = CounterMetricFamily(
-        "meshlens_ring_records", "Ring buffer records read.", labels=["probe"]
-    )
-    stale = CounterMetricFamily(
+    records = CounterFamily("meshlens_ring_records", "Ring buffer records read.", labels=["probe"])
+    stale = CounterFamily(
         "meshlens_stale_entries",
         "Entries whose socket was no longer theirs at a poll (freed before the entry "
         "was made): their last counts went out as a final record.",
         labels=["probe"],
     )
-    no_peer = CounterMetricFamily(
+    no_peer = CounterFamily(
         "meshlens_udp_unknown_peer_datagrams",
         "Datagrams read by recv()/read() on an unconnected UDP socket, which does not "
         "name the sender: counted, with peer 0.0.0.0:0 or [::]:0.",
@@ -296,12 +290,12 @@ def self_families(a: Agent) -> Iterator[Metric]:
         records.add_metric([probe], n)
     yield from (lost, lost_bytes, full, entries, capacity, late, stale, records, no_peer)
 
-    run_time = CounterMetricFamily(
+    run_time = CounterFamily(
         "meshlens_bpf_program_run_seconds",
         "Time the kernel spent in each BPF program (kernel.bpf_stats_enabled).",
         labels=["probe", "program"],
     )
-    runs = CounterMetricFamily(
+    runs = CounterFamily(
         "meshlens_bpf_program_runs", "Times each BPF program ran.", labels=["probe", "program"]
     )
     for loaded in a.probes_and_chain():
@@ -310,35 +304,33 @@ def self_families(a: Agent) -> Iterator[Metric]:
             runs.add_metric([loaded.name, prog], pst.run_cnt)
     yield from (run_time, runs)
 
-    overflow = CounterMetricFamily(
+    overflow = CounterFamily(
         "meshlens_series_overflow",
         "New edges folded into the overflow series because the series cap was reached.",
     )
     overflow.add_metric([], a.table.overflowed)
     yield overflow
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = CounterMetricFamily(
-        "meshlens_agent_cpu_seconds", "CPU time used by the agent (user+system)."
-    )
+    cpu = CounterFamily("meshlens_agent_cpu_seconds", "CPU time used by the agent (user+system).")
     cpu.add_metric([], ru.ru_utime + ru.ru_stime)
     yield cpu
-    rss = GaugeMetricFamily("meshlens_agent_resident_memory_bytes", "Resident memory of the agent.")
+    rss = GaugeFamily("meshlens_agent_resident_memory_bytes", "Resident memory of the agent.")
     rss.add_metric([], _rss_bytes())
     yield rss
-    refresh = CounterMetricFamily(
+    refresh = CounterFamily(
         "meshlens_refresh_seconds", "Time spent reading maps and accounting, and how often."
     )
     refresh.add_metric([], a.self_stats.refresh_seconds)
     yield refresh
-    refreshes = CounterMetricFamily(
+    refreshes = CounterFamily(
         "meshlens_refreshes", "Refreshes: reads of the maps and the records, then accounting."
     )
     refreshes.add_metric([], a.self_stats.refreshes)
     yield refreshes
-    ident = CounterMetricFamily("meshlens_identity_errors", "Failed lookups of addresses or names.")
+    ident = CounterFamily("meshlens_identity_errors", "Failed lookups of addresses or names.")
     ident.add_metric([], a.identity.errors)
     yield ident
-    start = GaugeMetricFamily("meshlens_start_time_seconds", "Unix time the agent started.")
+    start = GaugeFamily("meshlens_start_time_seconds", "Unix time the agent started.")
     start.add_metric([], a.started_at or time.time())
     yield start
 

@@ -2,10 +2,11 @@
 comes back every few seconds to mostly the same series.
 
 prometheus_client's generate_latest escapes and sorts every label of every
-sample on every scrape; an Istio series has ~20 labels, so that was most of a
+sample on every scrape; an Istio series has ~23 labels, so that was most of a
 scrape's CPU. Here each distinct label set is rendered once and kept, and a
-sample costs a dictionary lookup. The families themselves still come from
-prometheus_client's metric classes.
+sample costs a dictionary lookup. meshlens' own families (families.py) write
+their rows straight from their label values; any other prometheus_client
+Metric goes through its samples.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from . import pacing
+from .families import Family, LabelText
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
-
-
-def _escape_value(v: str) -> str:
-    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _escape_help(v: str) -> str:
@@ -49,7 +47,7 @@ class Renderer:
     """Renders families, remembering each label set's text between calls."""
 
     def __init__(self) -> None:
-        self._labels: dict[tuple[tuple[str, str], ...], str] = {}
+        self._labels = LabelText()
         self._lock = threading.Lock()
 
     def render(self, families: Iterable[Metric]) -> bytes:
@@ -57,7 +55,7 @@ class Renderer:
             return self._render(families)
 
     def _render(self, families: Iterable[Metric]) -> bytes:
-        cache = self._labels
+        text = self._labels
         out: list[str] = []
         samples = 0
         pacing.start()
@@ -66,23 +64,17 @@ class Renderer:
             name = fam.name + "_total" if fam.type == "counter" else fam.name
             out.append(f"# HELP {name} {_escape_help(fam.documentation)}\n")
             out.append(f"# TYPE {name} {_TYPES.get(fam.type, 'untyped')}\n")
+            if isinstance(fam, Family):
+                samples += fam.write(out, text, format_value)
+                continue
             for s in fam.samples:
-                if s.labels:
-                    key = tuple(s.labels.items())
-                    text = cache.get(key)
-                    if text is None:
-                        pairs = ",".join(
-                            f'{k}="{_escape_value(str(v))}"' for k, v in sorted(s.labels.items())
-                        )
-                        text = cache[key] = "{" + pairs + "}"
-                else:
-                    text = ""
-                out.append(f"{s.name}{text} {format_value(s.value)}\n")
-            samples += len(fam.samples)
+                labels = text.whole(tuple(s.labels), tuple(s.labels.values()))
+                out.append(f"{s.name}{labels} {format_value(s.value)}\n")
+                samples += 1
         # Series that stopped existing leave their text behind: start afresh
         # when the cache is well beyond what one scrape uses.
-        if len(cache) > 2 * samples + 1024:
-            cache.clear()
+        if text.size > 2 * samples + 1024:
+            text.clear()
         return "".join(out).encode()
 
 

@@ -1,4 +1,5 @@
-"""The /metrics renderer: the same samples prometheus_client would give, parsed back."""
+"""The /metrics renderer and meshlens' families: the same samples prometheus_client
+would give, parsed back."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -22,29 +26,43 @@ from prometheus_client.registry import Collector
 
 from meshlens import exposition
 from meshlens.exposition import Renderer, format_value
+from meshlens.families import CounterFamily, GaugeFamily, HistogramFamily
+
+THEIRS = (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
+OURS = (CounterFamily, GaugeFamily, HistogramFamily)
 
 
-def families() -> list[Metric]:
-    c = CounterMetricFamily(
+def families(kinds: tuple[Any, Any, Any] = THEIRS) -> list[Metric]:
+    counter, gauge, histogram = kinds
+    c = counter(
         "istio_tcp_sent_bytes",
         'Bytes "sent"\nper edge \\ reporter',
         labels=["reporter", "source_workload"],
     )
     c.add_metric(["source", "web"], 12345)
     c.add_metric(["destination", 'we"ird\\name\nx'], 2**60 + 1)
-    g = GaugeMetricFamily("meshlens_map_entries", "Live entries.", labels=["map"])
+    g = gauge("meshlens_map_entries", "Live entries.", labels=["map"])
     g.add_metric(["flows"], 3.5)
     g.add_metric(["empty"], float("nan"))
-    h = HistogramMetricFamily("istio_request_duration_milliseconds", "Latency.", labels=["code"])
-    h.add_metric(["200"], [("0.5", 1), ("1.0", 3), ("+Inf", 4)], 2.75)
-    plain = GaugeMetricFamily("meshlens_up", "No labels.")
+    # `le` sorts between these: each bucket's labels are split around it
+    h = histogram("istio_request_duration_milliseconds", "Latency.", labels=["code", "method"])
+    h.add_metric(["200", "GET"], [("0.5", 1), ("1.0", 3), ("+Inf", 4)], 2.75)
+    h.add_metric(["500", "PUT"], [("0.5", 0), ("1.0", 0), ("+Inf", 2)], 9.5)
+    ends = histogram("meshlens_backlog", "le sorts last here.", labels=["a"])
+    ends.add_metric(["x"], [("1", 1), ("+Inf", 1)], float("nan"))
+    nothing = histogram("meshlens_nolabels", "No sum: no _count and _sum.")
+    nothing.add_metric([], [("1", 0), ("+Inf", 5)], None)
+    plain = gauge("meshlens_up", "No labels.")
     plain.add_metric([], 1)
-    return [c, g, h, plain]
+    return [c, g, h, ends, nothing, plain]
 
 
 class _Fixed(Collector):
+    def __init__(self, kinds: tuple[Any, Any, Any] = THEIRS) -> None:
+        self.kinds = kinds
+
     def collect(self) -> Iterator[Metric]:
-        yield from families()
+        yield from families(self.kinds)
 
 
 def parsed(text: str) -> list[tuple[str, str, list[tuple[str, tuple[tuple[str, str], ...], str]]]]:
@@ -57,25 +75,79 @@ def parsed(text: str) -> list[tuple[str, str, list[tuple[str, tuple[tuple[str, s
     return out
 
 
-def test_same_samples_as_prometheus_client() -> None:
+def latest(kinds: tuple[Any, Any, Any]) -> str:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Fixed())
-    theirs = parsed(generate_latest(reg).decode())
-    ours = parsed(Renderer().render(families()).decode())
-    assert ours == theirs
+    reg.register(_Fixed(kinds))
+    return generate_latest(reg).decode()
+
+
+@pytest.mark.parametrize("kinds", [THEIRS, OURS], ids=["prometheus_client", "meshlens"])
+def test_same_samples_as_prometheus_client(kinds: tuple[Any, Any, Any]) -> None:
+    theirs = parsed(latest(THEIRS))
+    assert parsed(Renderer().render(families(kinds)).decode()) == theirs
+
+
+def test_our_families_are_prometheus_client_metrics() -> None:
+    """Their samples are prometheus_client's: its own exposition of them is the same text."""
+    assert latest(OURS) == latest(THEIRS)
+    for ours, theirs in zip(families(OURS), families(THEIRS), strict=True):
+        assert (ours.name, ours.type, ours.documentation) == (
+            theirs.name,
+            theirs.type,
+            theirs.documentation,
+        )
+        assert repr(ours.samples) == repr(theirs.samples)  # NaN != NaN, its repr is equal
+    with pytest.raises(TypeError):
+        families(OURS)[0].samples = [families(THEIRS)[0].samples[0]]
+
+
+def test_our_families_render_the_same_bytes() -> None:
+    """Labels sorted by name, `le` in its place among them, integers exact."""
+    ours = Renderer().render(families(OURS))
+    assert ours == Renderer().render(families(THEIRS))
+    assert b'_bucket{code="200",le="0.5",method="GET"} 1\n' in ours
+    assert b'meshlens_backlog_bucket{a="x",le="1"} 1\n' in ours
+    assert b'meshlens_backlog_sum{a="x"} NaN\n' in ours
+    assert b'meshlens_nolabels_bucket{le="+Inf"} 5\n' in ours
+    assert b"meshlens_nolabels_count" not in ours
+
+
+label_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
+
+
+@given(
+    rows=st.lists(st.tuples(label_text, label_text, st.integers(0, 2**64)), max_size=6),
+    names=st.sampled_from([("a", "b"), ("le_", "z"), ("A", "lf"), ("method", "code")]),
+)
+def test_families_fuzz(rows: list[tuple[str, str, int]], names: tuple[str, str]) -> None:
+    r = Renderer()
+    for _ in range(2):  # the second time from the cache
+        ours, theirs = [], []
+        for kinds, out in ((OURS, ours), (THEIRS, theirs)):
+            c = kinds[0]("c", "doc", labels=names)
+            h = kinds[2]("h", "doc", labels=names)
+            for a, b, n in rows:
+                c.add_metric([a, b], n)
+                h.add_metric([a, b], [("1", n), ("+Inf", n + 1)], n / 2)
+            out += [c, h]
+        assert r.render(ours) == Renderer().render(theirs)
+        assert parsed(r.render(ours).decode()) == parsed(Renderer().render(theirs).decode())
 
 
 def test_label_sets_rendered_once_and_forgotten_when_gone() -> None:
-    r = Renderer()
-    first = r.render(families())
-    assert r.render(families()) == first  # from the cache
-    assert len(r._labels) == 8  # histogram buckets have their own (le)
-    many = GaugeMetricFamily("g", "x", labels=["i"])
-    for i in range(3000):
-        many.add_metric([str(i)], i)
-    r.render([many])
-    r.render([GaugeMetricFamily("g", "x", labels=["i"])])  # every series gone
-    assert len(r._labels) == 0
+    for kinds in (THEIRS, OURS):
+        r = Renderer()
+        first = r.render(families(kinds))
+        size = r._labels.size
+        assert size > 0
+        assert r.render(families(kinds)) == first  # from the cache
+        assert r._labels.size == size
+        many = kinds[1]("g", "x", labels=["i"])
+        for i in range(3000):
+            many.add_metric([str(i)], i)
+        r.render([many])
+        r.render([kinds[1]("g", "x", labels=["i"])])  # every series gone
+        assert r._labels.size == 0
 
 
 @pytest.mark.parametrize(

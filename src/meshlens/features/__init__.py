@@ -13,8 +13,9 @@ import pkgutil
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from ..families import CounterFamily
 from ..probes.base import Probe
 
 if TYPE_CHECKING:
@@ -107,10 +108,10 @@ def trace_tools() -> dict[str, type[TraceTool]]:
     return {t.name: t for t in _subclasses(TraceTool)}
 
 
-def kernel_events(feature: str, doc: str, counts: Iterable[tuple[str, int]]) -> CounterMetricFamily:
+def kernel_events(feature: str, doc: str, counts: Iterable[tuple[str, int]]) -> CounterFamily:
     """A feature's probe bookkeeping, one counter per event:
     meshlens_<feature>_kernel_events_total{event}."""
-    fam = CounterMetricFamily(f"meshlens_{feature}_kernel_events", doc, labels=("event",))
+    fam = CounterFamily(f"meshlens_{feature}_kernel_events", doc, labels=("event",))
     for label, n in counts:
         fam.add_metric([label], n)
     return fam

@@ -24,16 +24,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 
 from .. import _libbpf as libbpf
 from .. import dnsmsg
 from ..accounting import UNKNOWN, Namer, Sock, ip_text, service_name
+from ..families import CounterFamily, GaugeFamily, HistogramFamily
 from ..probes import dns as probe
 from ..ringwait import RingWait
 from ..stream import start_until_signal
@@ -624,7 +620,7 @@ class DnsFeature(Feature):
         self.peers.expire()
 
     def families(self) -> Iterator[Metric]:
-        reqs = CounterMetricFamily(
+        reqs = CounterFamily(
             "meshlens_dns_requests",
             "DNS queries by the querying workload, server, type and response code "
             '(rcode="timeout": no answer in time).',
@@ -633,7 +629,7 @@ class DnsFeature(Feature):
         for labels, n in sorted(dict(self.book.requests).items()):
             reqs.add_metric(list(labels), n)
         yield reqs
-        dur = HistogramMetricFamily(
+        dur = HistogramFamily(
             "meshlens_dns_request_duration_seconds",
             "Time from a DNS query leaving its socket to its response arriving there.",
             labels=("source_workload", "server"),
@@ -646,7 +642,7 @@ class DnsFeature(Feature):
             buckets.append(("+Inf", h.count))
             dur.add_metric([wl, server], buckets, h.sum_ns / 1e9)
         yield dur
-        names = CounterMetricFamily(
+        names = CounterFamily(
             "meshlens_dns_name_requests",
             'DNS queries per name: the busiest names of each workload, the rest in name="other".',
             labels=("source_workload", "name"),
@@ -659,7 +655,7 @@ class DnsFeature(Feature):
             names.add_metric([wl, nm], n)
         yield names
         s = self._stats
-        mal = CounterMetricFamily(
+        mal = CounterFamily(
             "meshlens_dns_malformed",
             "Malformed DNS messages on DNS ports (kernel: queries sent and response "
             "headers; user space: response records).",
@@ -669,7 +665,7 @@ class DnsFeature(Feature):
         for reason in sorted(set(kernel_mal) | set(user_mal) | set(dnsmsg.REASONS)):
             mal.add_metric([reason], kernel_mal.get(reason, 0) + user_mal.get(reason, 0))
         yield mal
-        unmatched = CounterMetricFamily(
+        unmatched = CounterFamily(
             "meshlens_dns_unmatched_responses",
             "Responses that completed no query: no pending query (late after a timeout, "
             "or not sent through a watched socket), or another question.",
@@ -697,11 +693,11 @@ class DnsFeature(Feature):
             "whose bytes could not be read.",
             [*((label, s.get(stat, 0)) for stat, label in events), ("response_partial", partial)],
         )
-        pending = GaugeMetricFamily("meshlens_dns_pending", "DNS queries awaiting an answer.")
+        pending = GaugeFamily("meshlens_dns_pending", "DNS queries awaiting an answer.")
         live = s.get(probe.Stat.LIVE, 0)
         pending.add_metric([], live - (1 << 64) if live >= 1 << 63 else live)
         yield pending
-        peers = GaugeMetricFamily(
+        peers = GaugeFamily(
             "meshlens_dns_peer_names", "Addresses named by DNS answers (for destination_service)."
         )
         peers.add_metric([], len(self.peers))

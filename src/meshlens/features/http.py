@@ -16,15 +16,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 
 from .. import httpmsg
 from ..exporter import ISTIO_LABELS, istio_labels
+from ..families import CounterFamily, GaugeFamily, HistogramFamily
 from ..probes import http as probe
 from ..stream import stream
 from . import Feature, TraceTool, kernel_events
@@ -107,23 +103,23 @@ class HttpFeature(Feature):
 
     def families(self) -> Iterator[Metric]:
         labels = (*LABELS, ROUTE_LABEL) if self.routes else LABELS
-        total = CounterMetricFamily(
+        total = CounterFamily(
             "istio_requests", "HTTP requests (with a response) by status and method.", labels=labels
         )
-        dur = HistogramMetricFamily(
+        dur = HistogramFamily(
             "istio_request_duration_milliseconds",
             "Request's first byte to response's last byte, as this socket saw them.",
             labels=labels,
         )
-        ttfb = HistogramMetricFamily(
+        ttfb = HistogramFamily(
             "meshlens_http_response_first_byte_milliseconds",
             "Request's first byte to response's first byte, as this socket saw them.",
             labels=labels,
         )
-        req = HistogramMetricFamily(
+        req = HistogramFamily(
             "istio_request_bytes", "HTTP request body sizes (decoded when chunked).", labels=labels
         )
-        resp = HistogramMetricFamily(
+        resp = HistogramFamily(
             "istio_response_bytes",
             "HTTP response body sizes (decoded when chunked).",
             labels=labels,
@@ -142,7 +138,7 @@ class HttpFeature(Feature):
             resp.add_metric(lv, httpmsg.cumulative(counts, httpmsg.SIZE_BOUNDS, httpmsg.le_text), n)
         yield from (total, dur, ttfb, req, resp)
         st = self._stats
-        unparsed = CounterMetricFamily(
+        unparsed = CounterFamily(
             "meshlens_http_unparsed",
             "HTTP messages on tracked connections that were not counted, by reason "
             "(the connection stops being parsed at the first one).",
@@ -166,12 +162,12 @@ class HttpFeature(Feature):
             'trace samples sent and lost, requests counted under route="other".',
             ((label, st.get(stat, 0)) for stat, label in events),
         )
-        live = GaugeMetricFamily(
+        live = GaugeFamily(
             "meshlens_http_connections", "Connections whose HTTP messages are being followed."
         )
         live.add_metric([], _signed(st.get(probe.Stat.LIVE, 0)))
         yield live
-        over = CounterMetricFamily(
+        over = CounterFamily(
             "meshlens_http_series_overflow",
             "HTTP series folded into the overflow series because the series cap was reached.",
         )

@@ -14,15 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 
 from .. import kernel_enums
 from ..accounting import UNKNOWN, Edge, Totals, column_bytes, ip_text, service_name
+from ..families import CounterFamily, GaugeFamily, HistogramFamily
 from ..probes import tcphealth
 from . import Feature, TraceTool
 
@@ -137,7 +133,7 @@ class TcpHealth(Feature):
         return self.agent.namer.identity.netns_name(netns) or HOST
 
     def families(self) -> Iterator[Metric]:
-        drops = CounterMetricFamily(
+        drops = CounterFamily(
             "meshlens_packet_drops",
             "Packets the kernel dropped, by enum skb_drop_reason; workload is the local end "
             "(the socket's, else the packet's destination), peer the other end.",
@@ -147,19 +143,19 @@ class TcpHealth(Feature):
             drops.add_metric([reason, proto, wl, peer], n)
         yield drops
         labels = ["destination_workload", "destination_service"]
-        overflows = CounterMetricFamily(
+        overflows = CounterFamily(
             "meshlens_tcp_listen_overflows",
             "SYNs and handshake ACKs a listener dropped (its ListenDrops): accept-queue "
             "overflows, and SYNs refused for other reasons.",
             labels=labels,
         )
-        backlog = HistogramMetricFamily(
+        backlog = HistogramFamily(
             "meshlens_tcp_syn_backlog",
             "Accept-queue length of the listener when a handshake completed on it, as bcc's "
             "tcpsynbl samples it; the count is the connections that entered the queue.",
             labels=labels,
         )
-        limit = GaugeMetricFamily(
+        limit = GaugeFamily(
             "meshlens_tcp_listen_backlog_limit", "The listener's listen() backlog.", labels=labels
         )
         bounds = backlog_bounds()
@@ -174,7 +170,7 @@ class TcpHealth(Feature):
             backlog.add_metric(lab, buckets, sum_value=float("nan"))
         yield from (overflows, backlog, limit)
         s = self.probe.stats()
-        full = CounterMetricFamily(
+        full = CounterFamily(
             "meshlens_tcphealth_untracked",
             "Health events not tracked: map full (events, listeners) or no parsable headers.",
             labels=["what"],
