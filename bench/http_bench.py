@@ -24,7 +24,10 @@ median says more about where the few rounds with a scrape fall. For each run:
 throughput, p50/p99 latency (wrk --latency), the agent process's CPU
 (utime+stime from /proc), and the kernel time of the http programs per request
 (bpf_stats, which the agent enables). Prints a markdown table of medians over
-the rounds, loss and p99 added paired round by round (docs/bench/http.md)."""
+the rounds, loss and p99 added paired round by round, each with the interval that
+holds the true median with at least 90 % probability (order statistics; on this
+shared host one round's loss moves by several percent either way), see
+docs/bench/http.md."""
 
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from meshlens.bench.report import median_ci
 from meshlens.lab import Host, Lab
 
 CONF = """daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid;
@@ -591,25 +595,28 @@ def print_table(runs: dict[str, list[dict[str, Any]]]) -> None:
 
     # Loss and p99 added paired round by round (each mode against `none` of the
     # same round), then the median: drift on a shared host cancels out within a
-    # round.
-    def paired(m: str, of: Callable[[dict[str, Any], dict[str, Any]], float]) -> float | None:
+    # round. The interval says how far that median can be from the true one.
+    def paired(m: str, of: Callable[[dict[str, Any], dict[str, Any]], float]) -> str:
         if "none" not in runs or m == "none":
-            return None
-        return statistics.median(of(r, b) for r, b in zip(runs[m], runs["none"], strict=True))
+            return "-"
+        diffs = [of(r, b) for r, b in zip(runs[m], runs["none"], strict=True)]
+        ci = median_ci(diffs)
+        text = f"{statistics.median(diffs):+.1f}"
+        return text + (f" ({ci[0]:+.1f} … {ci[1]:+.1f})" if ci else "")
 
     print(
-        "| mode | requests/s | loss (paired) | p50 µs | p99 µs | p99 added µs (paired) "
+        "| mode | requests/s | loss % (paired; 90 % interval) | p50 µs | p99 µs "
+        "| p99 added µs (paired; 90 % interval) "
         "| rounds with a scrape | agent cores | agent cores per 1k rps | BPF ns/request |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for m, v in med.items():
-        loss = paired(m, lambda r, b: 1 - r["rps"] / b["rps"])
+        loss = paired(m, lambda r, b: 100 * (1 - r["rps"] / b["rps"]))
         added = paired(m, lambda r, b: r["p99_us"] - b["p99_us"])
         scraped = sum(1 for r in runs[m] if r["scrapes"])
         print(
-            f"| {m} | {v['rps']:.0f} | {'-' if loss is None else f'{100 * loss:.1f} %'} "
-            f"| {v['p50_us']:.0f} | {v['p99_us']:.0f} "
-            f"| {'-' if added is None else f'{added:+.1f}'} | {scraped} of {len(runs[m])} "
+            f"| {m} | {v['rps']:.0f} | {loss} | {v['p50_us']:.0f} | {v['p99_us']:.0f} "
+            f"| {added} | {scraped} of {len(runs[m])} "
             f"| {v['agent_cores']:.4f} | {v['agent_cores_per_1k_rps']:.5f} "
             f"| {v['bpf_ns_per_request']:.0f} |"
         )

@@ -57,6 +57,31 @@ def test_percentile_interpolates() -> None:
     assert math.isnan(report.percentile([], 50))
 
 
+@pytest.mark.parametrize(
+    ("n", "ranks"),
+    # the order statistics of the binomial tables: P(X <= k - 1) <= 5 % < P(X <= k)
+    [(4, None), (5, (1, 5)), (8, (2, 7)), (16, (5, 12)), (32, (11, 22)), (100, (42, 59))],
+)
+def test_median_interval_order_statistics(n: int, ranks: tuple[int, int] | None) -> None:
+    values = [10.0 * i for i in range(n, 0, -1)]  # any order
+    got = report.median_ci(values)
+    assert got == (None if ranks is None else (10.0 * ranks[0], 10.0 * ranks[1]))
+
+
+def test_median_interval_covers_the_median_as_promised() -> None:
+    """Coverage of the 90 % interval over many samples of a skewed distribution."""
+    import random
+
+    rng = random.Random(1)
+    true_median = math.log(2)  # of Exp(1)
+    hits = 0
+    for _ in range(2000):
+        ci = report.median_ci([rng.expovariate(1.0) for _ in range(16)])
+        assert ci is not None
+        hits += ci[0] <= true_median <= ci[1]
+    assert 0.90 <= hits / 2000 <= 0.96  # 92.3 % for n = 16
+
+
 def test_tables_deltas_and_verdicts() -> None:
     row = {
         "protocol": "redis",

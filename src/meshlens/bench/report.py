@@ -45,6 +45,22 @@ def bootstrap_ci(values: list[int], q: float, n: int = 200, seed: int = 0) -> tu
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def median_ci(values: list[float], level: float = 0.90) -> tuple[float, float] | None:
+    """Distribution-free interval of the median: the k-th smallest and k-th largest
+    value, k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2, so the
+    interval holds the true median with probability at least `level` (None: too
+    few values for that). For paired A/B differences on a noisy host."""
+    xs = sorted(values)
+    n, tail = len(xs), (1 - level) / 2
+    k, below = 0, 0.0  # below: P(X < k + 1) as k grows
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if below > tail:
+            break
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k else None
+
+
 def run_metrics(run: dict[str, Any]) -> dict[str, float]:
     """Per-run numbers the tables are made of."""
     w = run["window_seconds"] or math.nan
