@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -116,6 +117,7 @@ class Agent:
         self.on_tcp_event: Callable[[np.ndarray], None] | None = None
         self.max_backlog = 20000  # records waiting before they are accounted early
         self._backlogged = threading.Event()
+        self.pressure = Pressure()
         self._accountant: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -243,6 +245,8 @@ class Agent:
         timeout = 0.2 if self.on_tcp_event is not None else None
         waiter = self._waiter
         while waiter and waiter.wait(timeout):
+            if timeout is None:
+                self.pressure.woken(time.monotonic())  # by the kernel: a ring 1/8 full
             # Drain on every wake-up (a trace's timer too): the kernel skips
             # wake-ups until a batch has built up.
             with self._ring_lock:
@@ -339,6 +343,12 @@ class Agent:
         self.self_stats.refresh_seconds += time.perf_counter() - t0
         return True
 
+    def under_pressure(self) -> bool:
+        """Are records pouring into the ring buffers (see Pressure)? Bookkeeping
+        that would wait for idle CPU runs at normal priority meanwhile
+        (system.normal_priority_if)."""
+        return self.pressure.active(time.monotonic())
+
     def backlog(self) -> int:
         return sum(len(p) for p in self._pending.values())
 
@@ -365,6 +375,24 @@ class Agent:
 
 
 GC_THRESHOLDS = (50_000, 20, 100)
+
+
+class Pressure:
+    """Records pour into the ring buffers: the kernel woke their drain (a ring
+    1/8 full) twice within `window` s. It lasts `hold` s after the last such pair."""
+
+    def __init__(self, window: float = 1.0, hold: float = 5.0) -> None:
+        self.window, self.hold = window, hold
+        self._last = -math.inf
+        self._until = -math.inf
+
+    def woken(self, now: float) -> None:
+        if now - self._last < self.window:
+            self._until = now + self.hold
+        self._last = now
+
+    def active(self, now: float) -> bool:
+        return now < self._until
 
 
 def _tune_gc() -> None:

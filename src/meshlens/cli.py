@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="idle",
         help="CPU priority of the periodic refresh and of /metrics: 'idle' (SCHED_IDLE, the "
         "default) runs them on CPU time no workload wants, and a workload that wakes takes "
-        "the CPU back at once; the ring buffers are drained at normal priority either way",
+        "the CPU back at once (normal while records pour into the ring buffers); the "
+        "ring buffers are drained at normal priority either way",
     )
     from .features import features
 
@@ -210,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     from .agent import Agent, AgentConfig
     from .exporter import AgentCollector
     from .summary import summary_lines
-    from .system import run_when_idle
+    from .system import normal_priority_if, run_when_idle
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -245,7 +246,11 @@ def _run(args: argparse.Namespace) -> int:
         idle = args.priority == "idle"
         try:
             server = exposition.serve(
-                host, port, AgentCollector(agent).collect, run_when_idle if idle else None
+                host,
+                port,
+                AgentCollector(agent).collect,
+                run_when_idle if idle else None,
+                agent.under_pressure,
             )
         except OSError as exc:
             print(f"meshlens: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
@@ -265,7 +270,8 @@ def _run(args: argparse.Namespace) -> int:
         # Quiet, nothing reads the maps but a scrape, or a backlog of records
         # (accounted at once by the agent): no refresh only to throw it away.
         while not stop.wait(None if args.quiet else args.interval):
-            agent.refresh()
+            with normal_priority_if(agent.under_pressure()):
+                agent.refresh()
             totals = agent.table.totals()
             for line in summary_lines(totals, last, args.interval):
                 print(line, flush=True)

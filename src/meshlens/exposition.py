@@ -24,6 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import pacing
 from .families import Family, LabelText
+from .system import normal_priority_if
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -122,10 +123,12 @@ def serve(
     port: int,
     collect: Callable[[], Iterable[Metric]],
     thread_init: Callable[[], object] | None = None,
+    urgent: Callable[[], bool] | None = None,
 ) -> ThreadingHTTPServer:
     """Serve GET /metrics on a daemon thread; raises OSError if the port is taken.
     thread_init runs first on that thread (the threads of each request inherit
-    what it sets, such as a scheduling policy)."""
+    what it sets, such as a scheduling policy); a scrape while urgent() is true
+    runs at normal priority (system.normal_priority_if)."""
     renderer = Renderer()
 
     class Handler(BaseHTTPRequestHandler):
@@ -134,7 +137,8 @@ def serve(
                 self.send_error(404, "only /metrics is served")
                 return
             try:
-                body = renderer.render(collect())
+                with normal_priority_if(urgent is not None and urgent()):
+                    body = renderer.render(collect())
             except Exception as exc:  # a scrape must not kill the server
                 self.send_error(500, f"collect failed: {exc}")
                 return

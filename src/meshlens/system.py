@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 # Capability bits (linux/capability.h).
@@ -75,3 +77,29 @@ def run_when_idle() -> bool:
     except (OSError, AttributeError):
         return False
     return True
+
+
+@contextlib.contextmanager
+def normal_priority_if(urgent: bool) -> Iterator[None]:
+    """Run the block at normal priority if `urgent` and the calling thread is
+    SCHED_IDLE, then go back to SCHED_IDLE.
+
+    Why: the agent's threads share one interpreter lock. A SCHED_IDLE thread that
+    holds it when every CPU is busy can wait a second or more for a CPU, and the
+    normal-priority thread that drains the ring buffers waits for the lock behind
+    it while the rings fill (close records were lost so under a saturating churn).
+    At normal priority the holder gets its CPU back within a few ms and hands the
+    lock over."""
+    boosted = False
+    if urgent and os.sched_getscheduler(0) == os.SCHED_IDLE:
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            boosted = True
+        except OSError:
+            pass  # not permitted (RLIMIT_NICE): stays idle
+    try:
+        yield
+    finally:
+        if boosted:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

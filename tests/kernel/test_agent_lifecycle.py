@@ -7,7 +7,9 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -147,3 +149,29 @@ def test_agent_stop_releases_every_program_link_and_map(make_agent: Any) -> None
     assert bpf_objects_of(os.getpid()) == before
     assert wait_for(lambda: not (our_prog_ids() & progs), 2.0)
     agent.stop()  # the fixture stops it again: harmless
+
+
+def test_pressure_while_close_records_pour_in(make_agent: Any) -> None:
+    """A burst of connections fills tcpflow's ring twice within a second: the agent is
+    under pressure, and its idle-priority bookkeeping runs at normal priority
+    (system.normal_priority_if). One ring's worth of records is not pressure."""
+    agent = make_agent(features=())
+    assert not agent.under_pressure()
+    with socket.create_server(("127.0.0.1", 0), backlog=4096) as srv:
+        addr = srv.getsockname()
+        accepted = threading.Thread(target=_accept_and_close, args=(srv,), daemon=True)
+        accepted.start()
+        made, t0 = 0, time.monotonic()
+        while not agent.under_pressure() and time.monotonic() - t0 < 10:
+            with socket.create_connection(addr):
+                made += 1
+        assert agent.under_pressure(), f"no pressure after {made} connections"
+    # each connection leaves two close records (client and server socket) of ~300 bytes:
+    # the ring's 1/8 (256 KiB) twice is ~1,700 records
+    assert made >= 500
+
+
+def _accept_and_close(srv: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            srv.accept()[0].close()

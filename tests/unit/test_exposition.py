@@ -4,6 +4,7 @@ would give, parsed back."""
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 import urllib.error
@@ -112,7 +113,7 @@ def test_our_families_render_the_same_bytes() -> None:
     assert b"meshlens_nolabels_count" not in ours
 
 
-label_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
+label_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8)
 
 
 @given(
@@ -122,7 +123,8 @@ label_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), m
 def test_families_fuzz(rows: list[tuple[str, str, int]], names: tuple[str, str]) -> None:
     r = Renderer()
     for _ in range(2):  # the second time from the cache
-        ours, theirs = [], []
+        ours: list[Metric] = []
+        theirs: list[Metric] = []
         for kinds, out in ((OURS, ours), (THEIRS, theirs)):
             c = kinds[0]("c", "doc", labels=names)
             h = kinds[2]("h", "doc", labels=names)
@@ -228,3 +230,32 @@ def test_a_port_in_use_is_an_oserror_and_leaks_nothing() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_urgent_scrape_runs_at_normal_priority() -> None:
+    """Under SCHED_IDLE, a scrape while urgent() holds runs at normal priority:
+    a starved idle thread must not hold the interpreter lock (system.py)."""
+    from meshlens.system import run_when_idle
+
+    if os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_NICE)[0] < 20:
+        pytest.skip("leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE")
+    urgent = {"now": False}
+    policies: list[int] = []
+
+    def collect() -> list[Metric]:
+        policies.append(os.sched_getscheduler(0))
+        return families(OURS)
+
+    server = exposition.serve(
+        "127.0.0.1", 0, collect, thread_init=run_when_idle, urgent=lambda: urgent["now"]
+    )
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        for now in (False, True, False):
+            urgent["now"] = now
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert policies == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_IDLE]
