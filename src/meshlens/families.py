@@ -50,9 +50,12 @@ class LabelText:
             return self._make(self._around, names, values, _around_le)
 
     def _make(
-        self, table: dict[Values, dict[Values, T]], names: Values, values: Values,
+        self,
+        table: dict[Values, dict[Values, T]],
+        names: Values,
+        values: Values,
         make: Callable[[list[str], list[str]], T],
-    ) -> T:  # fmt: skip
+    ) -> T:
         items = sorted(zip(names, values, strict=False))
         pairs = [f'{k}="{escape_value(str(v))}"' for k, v in items]
         text = table.setdefault(names, {})[values] = make([k for k, _ in items], pairs)
@@ -101,9 +104,6 @@ class Family(Metric):
     def samples(self, value: list[Sample]) -> None:
         if value:
             raise TypeError(f"{self.name}: add series with add_metric()")
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def _labels(self, values: Values) -> dict[str, str]:
         return dict(zip(self.labelnames, values, strict=False))

@@ -84,12 +84,12 @@ def normal_priority_if(urgent: bool) -> Iterator[None]:
     """Run the block at normal priority if `urgent` and the calling thread is
     SCHED_IDLE, then go back to SCHED_IDLE.
 
-    Why: the agent's threads share one interpreter lock. A SCHED_IDLE thread that
-    holds it when every CPU is busy can wait a second or more for a CPU, and the
-    normal-priority thread that drains the ring buffers waits for the lock behind
-    it while the rings fill (close records were lost so under a saturating churn).
-    At normal priority the holder gets its CPU back within a few ms and hands the
-    lock over."""
+    Why: the agent's threads share one interpreter lock. A SCHED_IDLE thread
+    preempted while it holds the lock, on a host whose CPUs are all busy, gets a
+    CPU back only in the scraps the workloads leave, and the normal-priority
+    thread that drains the ring buffers waits for the lock behind it while the
+    rings fill. At normal priority the holder gets its CPU back within a few
+    scheduler slices and hands the lock over (docs/benchmarks.md, §3)."""
     boosted = False
     if urgent and os.sched_getscheduler(0) == os.SCHED_IDLE:
         try:
