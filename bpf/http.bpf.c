@@ -432,6 +432,43 @@ struct {
 	__type(value, struct http_link);
 } http_links SEC(".maps");
 
+/* Sockets whose calls http passes over (dead: a server whose client parses for
+ * it, or a connection parsed no more), one slot per hash of the socket's
+ * address: an inlined array access before the http_conns lookup, which a local
+ * server's every call paid. A slot names its connection by the sequence numbers
+ * of each direction's first data byte as well, so a socket freed and allocated
+ * again at the same address never matches the slot of the one before; a
+ * collision or a torn read only misses, and the lookup decides. */
+#define QUIET_BITS 12
+
+struct http_quiet {
+	__u64 sk;
+	__u32 snd_first;
+	__u32 rcv_first;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << QUIET_BITS);
+	__type(key, __u32);
+	__type(value, struct http_quiet);
+} http_quiet SEC(".maps");
+
+static __always_inline struct http_quiet *quiet_slot(__u64 skp)
+{
+	__u32 i = (__u32)((skp * 0x9e3779b97f4a7c15ULL) >> (64 - QUIET_BITS));
+
+	return bpf_map_lookup_elem(&http_quiet, &i);
+}
+
+/* The sequence numbers of the connection's first data bytes: TCP's counters of
+ * bytes acknowledged and received move with snd_una and rcv_nxt. */
+static __always_inline void first_bytes(const struct tcp_sock *tp, __u32 *snd, __u32 *rcv)
+{
+	*snd = tp->snd_una - (__u32)tp->bytes_acked;
+	*rcv = tp->rcv_nxt - (__u32)tp->bytes_received;
+}
+
 /* How many reporters a client's exchanges and unparsed counts stand for: 2
  * when its server's socket is local and left the parsing to it. Resolves a
  * published link on first use. */
@@ -2250,15 +2287,26 @@ static __noinline bool starts_like_request(int ret)
 static __always_inline void on_call(__u64 skp, int ret, int flags, bool sending)
 {
 	const struct sock *sk = SOCK_RO((void *)skp);
+	const struct tcp_sock *tp = TCP_RO((void *)skp);
+	struct http_quiet *q = quiet_slot(skp);
 	struct http_conn *c;
 	__u64 key = skp;
-	__u32 *d;
+	__u32 snd, rcv, *d;
 
 	if (ret < 0 || (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
 		return; /* bytes TCP reads again later, or never copies */
-	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+	if (!sk || !tp || sk->sk_protocol != IPPROTO_TCP)
 		return;
+	if (q && q->sk == skp) {
+		first_bytes(tp, &snd, &rcv);
+		if (q->snd_first == snd && q->rcv_first == rcv)
+			return;
+	}
 	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (c && c->dead && q) {
+		first_bytes(tp, &q->snd_first, &q->rcv_first);
+		q->sk = skp;
+	}
 	if (c ? c->dead : !starts_like_request(ret))
 		return;
 	d = depth_enter();
@@ -2289,6 +2337,7 @@ int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 static __always_inline void conn_close(__u64 key)
 {
 	struct http_conn *c = bpf_map_lookup_elem(&http_conns, &key);
+	struct http_quiet *q;
 	struct pscal sc = {};
 	__u64 ck;
 
@@ -2314,6 +2363,9 @@ static __always_inline void conn_close(__u64 key)
 	}
 	if (c->peer == PEER_OPEN)
 		http_reporters(c); /* frees its link */
+	q = quiet_slot(key);
+	if (q && q->sk == key)
+		q->sk = 0;
 	ck = c->id * 2;
 	bpf_map_delete_elem(&http_carry, &ck);
 	ck = c->id * 2 + 1;

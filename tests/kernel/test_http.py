@@ -17,7 +17,9 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pytest
+from kernel_helpers import wait_for
 
 from meshlens.agent import Agent
 from meshlens.features.http import HttpFeature
@@ -664,3 +666,36 @@ def test_scatter_gather_calls_and_peeks(make_agent: Any, http_lab: Lab) -> None:
     src, dst = (by(series, r, "code")["200"] for r in ("source", "destination"))
     assert dst["duration_ns"] < src["duration_ns"]  # each side timed itself
     proc.wait(timeout=10)
+
+
+def _quiet_sockets(agent: Agent) -> int:
+    """Sockets in http_quiet: those whose calls http passes over without a lookup."""
+    _, vals, n = http_feature(agent).probe.map("http_quiet").lookup_batch()
+    rows = np.frombuffer(vals, dtype=[("sk", "<u8"), ("snd", "<u4"), ("rcv", "<u4")], count=n)
+    return int(np.count_nonzero(rows["sk"]))
+
+
+def test_passive_server_skips_the_lookup_until_its_close(http_agent: Agent, http_lab: Lab) -> None:
+    """A local server whose client parses for it is passed over from http_quiet (no
+    hash lookup per call) while its connection lives; the slot goes at its close, and
+    both reporters still count every request."""
+    srv, cli = http_lab.hosts
+    proc, port = start_server(srv)
+    src = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "src")
+    client = cli.popen(
+        sys.executable, "-c", PICKUP_CLIENT.format(src=src, addr=srv.addr, port=port),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert len(json.loads(read_line(client, 30))) == 5
+    assert _quiet_sockets(http_agent) == 1  # the server's socket, after its first calls
+    assert client.stdin is not None
+    client.stdin.write(b"go\n")
+    client.stdin.flush()
+    assert len(json.loads(read_line(client, 30))) == 10
+    client.wait(timeout=10)
+    assert wait_for(lambda: _quiet_sockets(http_agent) == 0, 5.0)
+    series = wait_counts(http_agent, {srv.name, cli.name}, 15)
+    truth = {"200": {"count": 8, "request_bytes": 0, "response_bytes": 5 * 10 + 3 * 1000},
+             "404": {"count": 7, "request_bytes": 0, "response_bytes": 7 * 33}}  # fmt: skip
+    assert_exact(series, truth)
+    proc.terminate()
