@@ -521,17 +521,23 @@ print(json.dumps(batch(7, "/s/404/33/0") + batch(3, "/s/200/1000/0")), flush=Tru
 """
 
 
+def start_pickup_client(cli: Host, addr: str, port: int) -> subprocess.Popen[bytes]:
+    """PICKUP_CLIENT on one keep-alive connection, its first 5 requests answered."""
+    src = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "src")
+    client = cli.popen(
+        sys.executable, "-c", PICKUP_CLIENT.format(src=src, addr=addr, port=port),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert len(json.loads(read_line(client, 30))) == 5
+    return client
+
+
 def test_connection_older_than_agent(make_agent: Any, http_lab: Lab) -> None:
     """A keep-alive connection opened before the agent: picked up at its next
     request, which then counts exactly (the ones before are not seen)."""
     srv, cli = http_lab.hosts
     proc, port = start_server(srv)
-    src = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "src")
-    client = cli.popen(
-        sys.executable, "-c", PICKUP_CLIENT.format(src=src, addr=srv.addr, port=port),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert len(json.loads(read_line(client, 30))) == 5
+    client = start_pickup_client(cli, srv.addr, port)
     agent = make_agent(features=("http",))
     assert client.stdin is not None
     client.stdin.write(b"go\n")
@@ -681,12 +687,7 @@ def test_passive_server_skips_the_lookup_until_its_close(http_agent: Agent, http
     both reporters still count every request."""
     srv, cli = http_lab.hosts
     proc, port = start_server(srv)
-    src = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "src")
-    client = cli.popen(
-        sys.executable, "-c", PICKUP_CLIENT.format(src=src, addr=srv.addr, port=port),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert len(json.loads(read_line(client, 30))) == 5
+    client = start_pickup_client(cli, srv.addr, port)
     assert _quiet_sockets(http_agent) == 1  # the server's socket, after its first calls
     assert client.stdin is not None
     client.stdin.write(b"go\n")
