@@ -435,8 +435,8 @@ struct {
 /* Sockets whose calls http passes over (dead: a server whose client parses for
  * it, or a connection parsed no more), one slot per hash of the socket's
  * address: an inlined array access before the http_conns lookup, which a local
- * server's every call paid. A slot names its connection by the sequence numbers
- * of each direction's first data byte as well, so a socket freed and allocated
+ * server's every call paid. A slot names its connection by where each
+ * direction's byte counts start as well (first_bytes), so a socket freed and allocated
  * again at the same address never matches the slot of the one before; a
  * collision or a torn read only misses, and the lookup decides. */
 #define QUIET_BITS 12
@@ -461,8 +461,10 @@ static __always_inline struct http_quiet *quiet_slot(__u64 skp)
 	return bpf_map_lookup_elem(&http_quiet, &i);
 }
 
-/* The sequence numbers of the connection's first data bytes: TCP's counters of
- * bytes acknowledged and received move with snd_una and rcv_nxt. */
+/* Where TCP's counts of bytes acknowledged and received start, per direction
+ * (the first data byte, or an active open's SYN: see http_conn_new): the
+ * counts move with snd_una and rcv_nxt, so these stay the connection's own
+ * for its whole life. */
 static __always_inline void first_bytes(const struct tcp_sock *tp, __u32 *snd, __u32 *rcv)
 {
 	*snd = tp->snd_una - (__u32)tp->bytes_acked;
@@ -2045,8 +2047,7 @@ GLOBAL int http_conn_new(__u64 skp, __u32 plen, __u32 sending, struct scratch *s
 	 * (snd_base). (An ACK processed on another CPU between the two loads can
 	 * make a first call look like a later one: it is then picked up as a
 	 * connection older than us, which costs nothing but the parse-once link.) */
-	snd_base = tp->snd_una - (__u32)tp->bytes_acked;
-	rcv_first = tp->rcv_nxt - (__u32)tp->bytes_received;
+	first_bytes(tp, &snd_base, &rcv_first);
 	if (sending) {
 		seq = tp->write_seq - plen;
 		first = seq - snd_base <= 1;
