@@ -54,6 +54,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 from meshlens import loadgen  # noqa: E402 (after the path above)
+from meshlens.bench.docsections import keep_hand_written  # noqa: E402
 from meshlens.loadgen import free_port  # noqa: E402
 
 NAMES = ("startup", "sendloop", "churn", "flows", "profile")
@@ -1828,6 +1829,17 @@ def _probes_loaded(res: dict[str, Any]) -> list[str]:
     return []
 
 
+SUMMARY_TITLE = "Summary"
+FINDINGS_TITLE = "Where the cost goes (from the numbers below)"
+SECTION_TITLES = {  # numbered in this order, those that ran
+    "sendloop": "Added cost per send()/recv() on loopback",
+    "flows": "Agent CPU and RSS with live flows",
+    "churn": "Connection churn",
+    "startup": "Start-up to all probes attached",
+    "profile": "Where the time and memory go",
+}
+
+
 def markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
     # whatever file the run wrote, this page is regenerated into docs/
@@ -1847,15 +1859,16 @@ def markdown(res: dict[str, Any]) -> str:
         f"**Reproduce everything:** `{cmdline}` (as root, after `make build`; "
         f"{res.get('wall_seconds', 0) / 60:.1f} min here). `make bench` runs the same script; "
         "`--only NAME` runs one benchmark (" + ", ".join(NAMES) + "), `--quick` a short version. "
-        "Raw results: `bench/results/*.json` (not committed).",
+        "Raw results: `bench/results/*.json` (not committed). The sections after the "
+        "numbered ones are written by hand; `--out` keeps them.",
         "",
         *md_machine(env),
         "",
-        "## Summary",
+        f"## {SUMMARY_TITLE}",
         "",
         *md_summary(res),
         "",
-        "## Where the cost goes (from the numbers below)",
+        f"## {FINDINGS_TITLE}",
         "",
         *md_findings(res),
         "",
@@ -1865,14 +1878,15 @@ def markdown(res: dict[str, Any]) -> str:
         "",
     ]
     sections = [
-        ("sendloop", "Added cost per send()/recv() on loopback", md_sendloop),
-        ("flows", "Agent CPU and RSS with live flows", md_flows),
-        ("churn", "Connection churn", md_churn),
-        ("startup", "Start-up to all probes attached", md_startup),
-        ("profile", "Where the time and memory go", md_profile),
+        ("sendloop", md_sendloop),
+        ("flows", md_flows),
+        ("churn", md_churn),
+        ("startup", md_startup),
+        ("profile", md_profile),
     ]
     n = 0
-    for key, title, fn in sections:
+    for key, fn in sections:
+        title = SECTION_TITLES[key]
         if key in res:
             n += 1
             r = res[key]
@@ -1925,6 +1939,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_all(args)
     text = markdown(res)
     if args.out:
+        if args.out.exists():
+            # the sections written by hand (per-feature results, which commit) stay
+            text, kept = keep_hand_written(
+                args.out.read_text(), text, (SUMMARY_TITLE, FINDINGS_TITLE), SECTION_TITLES.values()
+            )
+            if kept:
+                log(f"kept from {args.out}: " + "; ".join(kept))
         args.out.write_text(text)
         log(f"wrote {args.out}")
     else:
