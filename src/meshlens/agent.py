@@ -470,7 +470,7 @@ def _tcp_live(keys: np.ndarray, vals: np.ndarray) -> LiveRows:
     )  # fmt: skip
     opened = (vals["flags"] & int(tcpflow.Flag.OPENED)).astype(bool).tolist()
     closing = (vals["flags"] & int(tcpflow.Flag.CLOSING)).astype(bool).tolist()
-    return LiveRows(sids, flows, opened, closing, lambda i: _tcp_sock(vals[i]))
+    return LiveRows(sids, flows, opened, closing, lambda idx: _tcp_socks(vals[idx]))
 
 
 # Health vector of a TCP socket, summed per edge (see TcpHealth in exporter.py):

@@ -306,14 +306,23 @@ def test_live_rows_count_like_tuples() -> None:
     by_cols = FlowBook(Namer(FakeIdentity()), EdgeTable(), "tcp", clock=Clock())
     made: list[int] = []
     by_cols.update(
-        LiveRows([7, 8], flows, [True, True], [False, False], lambda i: made.append(i) or socks[i]),
+        LiveRows(
+            [7, 8],
+            flows,
+            [True, True],
+            [False, False],
+            lambda idx: made.append(idx) or [socks[i] for i in idx],
+        ),
         [],
     )
-    assert made == [0, 1]  # each socket decoded once, when first bound
+    assert made == [[0, 1]]  # each socket decoded once, when first bound, in one call
     assert by_cols.table.totals() == by_tuple.table.totals()
     assert by_cols.table.totals()[SRC].opened == 1
-    by_cols.update(LiveRows([7, 8], flows, [True, True], [False, False], socks.__getitem__), [])
-    assert made == [0, 1] and by_cols.table.totals()[SRC].opened == 1  # bound: not again
+    by_cols.update(
+        LiveRows([7, 8], flows, [True, True], [False, False], lambda idx: [socks[i] for i in idx]),
+        [],
+    )
+    assert made == [[0, 1]] and by_cols.table.totals()[SRC].opened == 1  # bound: not again
 
 
 def test_recently_closed_sockets_are_capped(book: FlowBook) -> None:
