@@ -441,12 +441,6 @@ struct {
  * collision or a torn read only misses, and the lookup decides. */
 #define QUIET_BITS 12
 
-struct http_quiet {
-	__u64 sk;
-	__u32 snd_first;
-	__u32 rcv_first;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1 << QUIET_BITS);
@@ -2288,16 +2282,20 @@ static __noinline bool starts_like_request(int ret)
 static __always_inline void on_call(__u64 skp, int ret, int flags, bool sending)
 {
 	const struct sock *sk = SOCK_RO((void *)skp);
-	const struct tcp_sock *tp = TCP_RO((void *)skp);
-	struct http_quiet *q = quiet_slot(skp);
+	const struct tcp_sock *tp;
+	struct http_quiet *q;
 	struct http_conn *c;
 	__u64 key = skp;
 	__u32 snd, rcv, *d;
 
 	if (ret < 0 || (!sending && (flags & (MSG_PEEK_FLAG | MSG_OOB_FLAG | MSG_TRUNC_FLAG))))
 		return; /* bytes TCP reads again later, or never copies */
-	if (!sk || !tp || sk->sk_protocol != IPPROTO_TCP)
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
 		return;
+	tp = TCP_RO((void *)skp);
+	if (!tp)
+		return;
+	q = quiet_slot(skp);
 	if (q && q->sk == skp) {
 		first_bytes(tp, &snd, &rcv);
 		if (q->snd_first == snd && q->rcv_first == rcv)

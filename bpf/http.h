@@ -237,4 +237,12 @@ struct http_route {
 	__u32 __pad0;
 };
 
+/* Value of http_quiet: a socket http passes over, and where each direction's
+ * byte counts start (first_bytes in http.bpf.c); sk 0 is a free slot. */
+struct http_quiet {
+	__u64 sk;
+	__u32 snd_first;
+	__u32 rcv_first;
+};
+
 #endif /* MESHLENS_HTTP_H */

@@ -26,7 +26,7 @@ from meshlens.features.http import HttpFeature
 from meshlens.httpmsg import Series, SeriesKey
 from meshlens.lab import Host, Lab
 from meshlens.loadgen import read_json_line, read_line
-from meshlens.probes.http import UNPARSED, Stat
+from meshlens.probes.http import QUIET, QUIET_MAP, UNPARSED, Stat
 
 pytestmark = [
     pytest.mark.kernel,
@@ -676,8 +676,8 @@ def test_scatter_gather_calls_and_peeks(make_agent: Any, http_lab: Lab) -> None:
 
 def _quiet_sockets(agent: Agent) -> int:
     """Sockets in http_quiet: those whose calls http passes over without a lookup."""
-    _, vals, n = http_feature(agent).probe.map("http_quiet").lookup_batch()
-    rows = np.frombuffer(vals, dtype=[("sk", "<u8"), ("snd", "<u4"), ("rcv", "<u4")], count=n)
+    _, vals, n = http_feature(agent).probe.map(QUIET_MAP).lookup_batch()
+    rows = np.frombuffer(vals, dtype=QUIET.dtype, count=n)
     return int(np.count_nonzero(rows["sk"]))
 
 

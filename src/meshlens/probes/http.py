@@ -160,6 +160,10 @@ SAMPLE = layout(
 
 ROUTE = layout("http_route", ("text", f"u8[{ROUTE_LEN}]"), ("len", "u32"), ("__pad0", "u32"))
 
+# A socket passed over without a lookup (http_quiet; sk 0: a free slot).
+QUIET = layout("http_quiet", ("sk", "u64"), ("snd_first", "u32"), ("rcv_first", "u32"))
+QUIET_MAP = "http_quiet"
+
 EDGE_ID_DTYPE = np.dtype("<u8")
 ROUTE_ID_DTYPE = np.dtype("<u4")
 
@@ -170,7 +174,7 @@ class HttpProbe(Probe):
     socket owners and connection ends (bpf/http.bpf.c, docs/http.md)."""
 
     name = "http"
-    layouts: tuple[Layout, ...] = (EDGE, AGG_KEY, AGG, SAMPLE, ROUTE)
+    layouts: tuple[Layout, ...] = (EDGE, AGG_KEY, AGG, SAMPLE, ROUTE, QUIET)
 
     def __init__(
         self,
