@@ -1669,7 +1669,8 @@ def md_flows(f: dict[str, Any]) -> list[str]:
     if busy:
         out += ["", "Other work on the machine during each level: " + "; ".join(busy) + "."]
     holder = f["holder_commands"]
-    example = holder[max(holder)] if holder else ""
+    # the largest level; keys are strings once the results went through JSON
+    example = holder[max(holder, key=int)] if holder else ""
     out += [
         "",
         f"**Commands:** agent `{f['agent_command']}`; connections {example} "
@@ -1831,12 +1832,13 @@ def _probes_loaded(res: dict[str, Any]) -> list[str]:
 
 SUMMARY_TITLE = "Summary"
 FINDINGS_TITLE = "Where the cost goes (from the numbers below)"
-SECTION_TITLES = {  # numbered in this order, those that ran
-    "sendloop": "Added cost per send()/recv() on loopback",
-    "flows": "Agent CPU and RSS with live flows",
-    "churn": "Connection churn",
-    "startup": "Start-up to all probes attached",
-    "profile": "Where the time and memory go",
+SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
+    # numbered in this order, those that ran
+    "sendloop": ("Added cost per send()/recv() on loopback", md_sendloop),
+    "flows": ("Agent CPU and RSS with live flows", md_flows),
+    "churn": ("Connection churn", md_churn),
+    "startup": ("Start-up to all probes attached", md_startup),
+    "profile": ("Where the time and memory go", md_profile),
 }
 
 
@@ -1877,16 +1879,8 @@ def markdown(res: dict[str, Any]) -> str:
         "with meshlens' names, CPU used outside this benchmark's processes); see each section.",
         "",
     ]
-    sections = [
-        ("sendloop", md_sendloop),
-        ("flows", md_flows),
-        ("churn", md_churn),
-        ("startup", md_startup),
-        ("profile", md_profile),
-    ]
     n = 0
-    for key, fn in sections:
-        title = SECTION_TITLES[key]
+    for key, (title, fn) in SECTIONS.items():
         if key in res:
             n += 1
             r = res[key]
@@ -1941,8 +1935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         if args.out.exists():
             # the sections written by hand (per-feature results, which commit) stay
+            generated = [title for title, _ in SECTIONS.values()]
             text, kept = keep_hand_written(
-                args.out.read_text(), text, (SUMMARY_TITLE, FINDINGS_TITLE), SECTION_TITLES.values()
+                args.out.read_text(), text, (SUMMARY_TITLE, FINDINGS_TITLE), generated
             )
             if kept:
                 log(f"kept from {args.out}: " + "; ".join(kept))
